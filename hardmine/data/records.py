@@ -1,0 +1,65 @@
+"""In-memory form of a detection dataset, shared by every reader (COCO, VOC, synthetic).
+
+Labels are contiguous: 1..C for the C categories, 0 is background (torchvision's convention).
+`Category.id` keeps the dataset's own id so predictions can be written back with it.
+Boxes are absolute pixel coordinates, (x1, y1, x2, y2), float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Category:
+    """One object class: the dataset's own id, its name and hardmine's contiguous label (1..C)."""
+
+    id: int
+    name: str
+    label: int
+
+
+@dataclass
+class ImageRecord:
+    """One image and its annotations.
+
+    `boxes`/`labels` are the objects to learn. `ignore_boxes` are regions (VOC `difficult`, COCO
+    `iscrowd`) that are neither objects nor negatives: candidates overlapping them are not sampled
+    as background and detections on them are not counted as false positives.
+    """
+
+    image_id: int
+    file_name: str
+    width: int
+    height: int
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    ignore_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    ignore_labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    annotation_ids: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+
+
+@dataclass
+class DatasetIndex:
+    """A whole split: records, categories and where the image files live."""
+
+    records: list[ImageRecord]
+    categories: list[Category]
+    image_root: Path
+    source: Path
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.categories)
+
+    def label_to_category_id(self) -> dict[int, int]:
+        return {c.label: c.id for c in self.categories}
+
+    def category_id_to_label(self) -> dict[int, int]:
+        return {c.id: c.label for c in self.categories}
+
+    def class_names(self) -> list[str]:
+        return [c.name for c in sorted(self.categories, key=lambda c: c.label)]

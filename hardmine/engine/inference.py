@@ -1,0 +1,63 @@
+"""Run a detector over a dataset and collect predictions keyed by the dataset's image id."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from hardmine.data.dataset import DetectionDataset, collate_detection
+from hardmine.data.records import DatasetIndex
+
+Predictions = dict[int, dict[str, Tensor]]
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when available; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def predict_dataset(
+    model: nn.Module,
+    index: DatasetIndex,
+    device: torch.device,
+    batch_size: int = 4,
+    num_workers: int = 0,
+    proposals: dict[int, Tensor] | None = None,
+    progress: Iterable | None = None,
+) -> Predictions:
+    """Predictions ("boxes", "scores", "labels" on the CPU, original coordinates) per image id.
+
+    `proposals` (image id -> [P, 4] boxes) feeds a Fast R-CNN model.
+    """
+    dataset = DetectionDataset(index, train=False)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_detection
+    )
+    was_training = model.training
+    model.eval()
+    out: Predictions = {}
+    try:
+        for images, targets in loader:
+            images = [img.to(device) for img in images]
+            ids = [int(t["image_id"]) for t in targets]
+            if proposals is not None:
+                missing = [i for i in ids if i not in proposals]
+                if missing:
+                    raise ValueError(f"the proposals file has no entry for image ids {missing[:10]}")
+                results = model(images, proposals=[proposals[i].to(device) for i in ids])
+            else:
+                results = model(images)
+            for image_id, result in zip(ids, results):
+                out[image_id] = {k: v.detach().float().cpu() if k != "labels" else v.cpu()
+                                 for k, v in result.items()}
+            if progress is not None:
+                progress.update(len(ids))  # type: ignore[attr-defined]
+    finally:
+        model.train(was_training)
+    return out

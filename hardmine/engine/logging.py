@@ -1,0 +1,54 @@
+"""Training logs: a CSV row per logged iteration and the same scalars in TensorBoard."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+
+class MetricLogger:
+    """Append rows to `DIR/log.csv` and scalars to TensorBoard under `DIR/tensorboard`.
+
+    The CSV header is fixed by the first row; on resume rows are appended to the existing file
+    after dropping rows past the resumed iteration (they were written after the last checkpoint).
+    """
+
+    def __init__(self, out_dir: Path, resume_from: int | None = None, tensorboard: bool = True) -> None:
+        self.path = out_dir / "log.csv"
+        self.fields: list[str] | None = None
+        if resume_from is not None and self.path.is_file():
+            with self.path.open(newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["iteration"]) <= resume_from]
+            if rows:
+                self.fields = list(rows[0].keys())
+                self._rewrite(rows)
+        elif self.path.exists():
+            self.path.unlink()
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resume_from)
+
+    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+        assert self.fields is not None
+        with self.path.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self.fields)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def log(self, iteration: int, scalars: dict[str, float]) -> None:
+        row = {"iteration": iteration, **{k: f"{v:.6g}" for k, v in scalars.items()}}
+        if self.fields is None:
+            self.fields = list(row.keys())
+            self._rewrite([])
+        with self.path.open("a", newline="") as fh:
+            csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore").writerow(row)
+        if self.writer is not None:
+            for key, value in scalars.items():
+                self.writer.add_scalar(key, value, iteration)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

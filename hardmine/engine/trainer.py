@@ -1,0 +1,359 @@
+"""The training loop: seeded, resumable, logged, and evaluated at the end.
+
+Data order is a pure function of (seed, iteration): epoch e visits the images in the order of a
+permutation seeded by (seed, e), and augmentation of image i in epoch e is seeded by
+(seed, e, i). Together with the RNG state stored in checkpoints this makes `--resume` continue
+exactly where the run stopped (bit-exact on CPU in deterministic mode).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import resource
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from hardmine.config import Config, dump_yaml
+from hardmine.data.dataset import DetectionDataset, collate_detection
+from hardmine.data.records import DatasetIndex
+from hardmine.data.sources import check_same_categories, resolve_split
+from hardmine.engine.checkpoint import FINAL, LAST, load_checkpoint, load_model_state, save_checkpoint
+from hardmine.engine.evaluate import coco_metrics, format_metrics_table, write_metrics_json
+from hardmine.engine.inference import predict_dataset, resolve_device
+from hardmine.engine.logging import MetricLogger
+from hardmine.engine.proposals import load_proposals
+from hardmine.engine.schedule import build_optimizer, build_scheduler, current_lr
+from hardmine.engine.voc_eval import voc_metrics
+from hardmine.errors import CheckpointError, HardmineError
+from hardmine.models.build import build_model
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    iterations: int
+    seconds_per_iter: float
+    images_per_second: float
+    peak_memory_mb: float
+    skipped_steps: int
+    metrics: dict[str, float] | None
+
+
+class _EpochIndexed(Dataset):
+    """Wraps a DetectionDataset so each sample index carries its epoch (seeds its augmentation)."""
+
+    def __init__(self, dataset: DetectionDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        self.dataset.set_epoch(epoch)
+        return self.dataset[index]
+
+
+class IterationBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches for iterations `start`..`stop - 1`; iteration t's batch depends only on (seed, t)."""
+
+    def __init__(self, num_images: int, batch_size: int, seed: int, start: int, stop: int) -> None:
+        if num_images == 0:
+            raise HardmineError("the training set has no images")
+        self.num_images, self.batch_size, self.seed = num_images, batch_size, seed
+        self.start, self.stop = start, stop
+        self.per_epoch = max(num_images // batch_size, 1)
+
+    def __len__(self) -> int:
+        return max(self.stop - self.start, 0)
+
+    def _order(self, epoch: int) -> list[int]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(self.num_images, generator=gen).tolist()
+        while len(order) < self.batch_size:  # tiny datasets: repeat to fill one batch
+            order += order
+        return order
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch, order = -1, []
+        for it in range(self.start, self.stop):
+            e, pos = divmod(it, self.per_epoch)
+            if e != epoch:
+                epoch, order = e, self._order(e)
+            yield [(e, i) for i in order[pos * self.batch_size : (pos + 1) * self.batch_size]]
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def _autocast(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
+    if amp == "off":
+        return contextlib.nullcontext()
+    if amp == "fp16" and device.type != "cuda":
+        raise HardmineError("solver.amp=fp16 needs a CUDA device; use solver.amp=bf16 on the CPU")
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _to_device(targets: list[dict[str, Tensor]], device: torch.device) -> list[dict[str, Tensor]]:
+    return [{k: v.to(device) for k, v in t.items()} for t in targets]
+
+
+def head_diagnostics(model: nn.Module) -> dict[str, float]:
+    """fg/bg counts and the fg share of the classification loss of every sampling head."""
+    out: dict[str, float] = {}
+    for name, head in getattr(model, "heads", {}).items():
+        stats = getattr(head, "last_stats", {})
+        if not stats:
+            continue
+        fg_loss, bg_loss = float(stats["cls_loss_fg"]), float(stats["cls_loss_bg"])
+        out[f"{name}/num_fg"] = float(stats["num_fg"])
+        out[f"{name}/num_bg"] = float(stats["num_bg"])
+        out[f"{name}/num_candidates"] = float(stats["num_candidates"])
+        out[f"{name}/fg_loss_share"] = fg_loss / (fg_loss + bg_loss) if fg_loss + bg_loss > 0 else 0.0
+    return out
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated, or the process's peak resident set size on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def evaluate_model(
+    model: nn.Module,
+    cfg: Config,
+    index: DatasetIndex,
+    device: torch.device,
+    proposals: dict[int, Tensor] | None = None,
+) -> dict[str, float]:
+    """COCO (and/or VOC) metrics of `model` on `index`."""
+    predictions = predict_dataset(
+        model, index, device, batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers, proposals=proposals
+    )
+    metrics: dict[str, float] = {}
+    if cfg.eval.metric in ("coco", "both"):
+        metrics.update(coco_metrics(index, predictions))
+    if cfg.eval.metric in ("voc", "both"):
+        metrics.update(voc_metrics(index, predictions))
+    return metrics
+
+
+def load_split_proposals(cfg: Config, split: str, index: DatasetIndex) -> dict[int, Tensor] | None:
+    """Fast R-CNN's proposals for a split (None for other detectors)."""
+    if cfg.model.arch != "fast_rcnn":
+        return None
+    path = cfg.data.train_proposals if split == "train" else (cfg.data.val_proposals or "")
+    if not path:
+        raise HardmineError(f"model.arch=fast_rcnn needs data.{split}_proposals (write one with hardmine proposals)")
+    return load_proposals(path, index)
+
+
+def train(cfg: Config, resume: bool = False) -> TrainResult:
+    """Train as `cfg` says; write checkpoints, logs and (at the end) metrics under `cfg.output_dir`."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    device = resolve_device(cfg.train.device)
+
+    train_index = resolve_split(cfg.data, "train")
+    val_index = resolve_split(cfg.data, "val")
+    check_same_categories(train_index, val_index)
+    train_proposals = load_split_proposals(cfg, "train", train_index)
+
+    model = build_model(cfg, train_index.num_classes).to(device)
+    optimizer = build_optimizer(model, cfg.solver)
+    scheduler = build_scheduler(optimizer, cfg.solver)
+
+    start = 0
+    if resume:
+        ckpt_path = out / LAST
+        if not ckpt_path.is_file():
+            raise CheckpointError(f"--resume: no checkpoint at {ckpt_path}")
+        ckpt = load_checkpoint(ckpt_path, map_location=device)
+        diff = _config_diff(_resume_relevant(ckpt.get("config", {})), _resume_relevant(cfg.to_dict()))
+        if diff:
+            raise CheckpointError(f"--resume: {ckpt_path} was written with a different config: {diff}")
+        load_model_state(model, ckpt["model"], ckpt_path)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), device)
+        start = int(ckpt["iteration"])
+    (out / "config.yaml").write_text(dump_yaml(cfg))
+
+    dataset = DetectionDataset(
+        train_index, train=True, hflip_prob=cfg.data.hflip_prob, seed=cfg.train.seed, proposals=train_proposals
+    )
+    batches = IterationBatchSampler(len(dataset), cfg.data.batch_size, cfg.train.seed, start, cfg.solver.max_iter)
+    loader = DataLoader(
+        _EpochIndexed(dataset),
+        batch_sampler=batches,
+        num_workers=cfg.data.num_workers,
+        collate_fn=collate_detection,
+        persistent_workers=False,
+    )
+    logger = MetricLogger(out, resume_from=start if resume else None)
+    categories = [{"id": c.id, "name": c.name, "label": c.label} for c in train_index.categories]
+
+    def checkpoint(iteration: int, path: Path) -> None:
+        rng: dict[str, Tensor] = {"torch": torch.get_rng_state()}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(device)
+        save_checkpoint(
+            path,
+            {
+                "iteration": iteration,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng,
+                "config": cfg.to_dict(),
+                "categories": categories,
+            },
+        )
+
+    progress = None
+    if cfg.train.progress:
+        from tqdm import tqdm
+
+        progress = tqdm(total=cfg.solver.max_iter, initial=start, desc="train", unit="it",
+                        dynamic_ncols=True, file=sys.stderr)
+    model.train()
+    skipped = 0
+    iteration = start
+    t_start = time.perf_counter()
+    try:
+        for images, targets in loader:
+            images = [img.to(device, non_blocking=True) for img in images]
+            targets = _to_device(targets, device)
+            with _autocast(cfg.solver.amp, device):
+                loss_dict = model(images, targets)
+            loss = sum(loss_dict.values())
+            if not torch.isfinite(loss):
+                skipped += 1
+                ids = [int(t["image_id"]) for t in targets]
+                print(f"iteration {iteration}: non-finite loss {float(loss)}, step skipped (images {ids})",
+                      file=sys.stderr)
+                optimizer.zero_grad(set_to_none=True)
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.solver.clip_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.solver.clip_grad_norm)
+                optimizer.step()
+            lr = current_lr(optimizer)
+            scheduler.step()
+            iteration += 1
+            if iteration % cfg.train.log_period == 0 or iteration == cfg.solver.max_iter:
+                scalars = {"loss": float(loss), "lr": lr}
+                scalars.update({k: float(v) for k, v in loss_dict.items()})
+                scalars.update(head_diagnostics(model))
+                scalars["time_per_iter"] = (time.perf_counter() - t_start) / max(iteration - start, 1)
+                logger.log(iteration, scalars)
+            if progress is not None:
+                progress.set_postfix(loss=f"{float(loss):.3f}", lr=f"{lr:.2g}", refresh=False)
+                progress.update(1)
+            if iteration % cfg.train.checkpoint_period == 0 and iteration < cfg.solver.max_iter:
+                checkpoint(iteration, out / LAST)
+    except KeyboardInterrupt:
+        checkpoint(iteration, out / LAST)
+        if progress is not None:
+            progress.close()
+        logger.close()
+        print(f"interrupted: checkpoint at iteration {iteration} in {out / LAST}; continue with --resume",
+              file=sys.stderr)
+        raise
+    elapsed = time.perf_counter() - t_start
+    if progress is not None:
+        progress.close()
+    logger.close()
+    checkpoint(iteration, out / LAST)
+    checkpoint(iteration, out / FINAL)
+    done = max(iteration - start, 1)
+    result = TrainResult(
+        output_dir=out,
+        iterations=iteration,
+        seconds_per_iter=elapsed / done,
+        images_per_second=done * cfg.data.batch_size / max(elapsed, 1e-9),
+        peak_memory_mb=peak_memory_mb(device),
+        skipped_steps=skipped,
+        metrics=None,
+    )
+    if cfg.train.eval_at_end:
+        val_proposals = load_split_proposals(cfg, "val", val_index)
+        metrics = evaluate_model(model, cfg, val_index, device, proposals=val_proposals)
+        result.metrics = metrics
+        write_metrics_json(
+            out / "metrics.json",
+            metrics,
+            extra={
+                "iterations": iteration,
+                "seconds_per_iter": result.seconds_per_iter,
+                "images_per_second": result.images_per_second,
+                "peak_memory_mb": result.peak_memory_mb,
+                "skipped_steps": skipped,
+            },
+        )
+    return result
+
+
+#: Keys that may change between a run and its resumption (they do not change the result).
+RESUME_FREE_KEYS = {("train", "progress"), ("train", "num_threads"), ("data", "num_workers"), ("output_dir",)}
+
+
+def _resume_relevant(config: dict[str, Any]) -> dict[str, Any]:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    for key in RESUME_FREE_KEYS:
+        node = out
+        for part in key[:-1]:
+            node = node.get(part, {})
+        node.pop(key[-1], None)
+    return out
+
+
+def _config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        dotted = f"{prefix}.{key}" if prefix else key
+        if isinstance(a, dict) and isinstance(b, dict):
+            sub = _config_diff(a, b, dotted)
+            if sub:
+                diffs.append(sub)
+        elif a != b:
+            diffs.append(f"{dotted}: checkpoint {a!r}, now {b!r}")
+    return "; ".join(diffs)
+
+
+def format_result(result: TrainResult) -> str:
+    lines = [
+        f"trained {result.iterations} iterations: {result.seconds_per_iter:.3f} s/iter, "
+        f"{result.images_per_second:.1f} images/s, peak memory {result.peak_memory_mb:.0f} MB"
+        + (f", {result.skipped_steps} non-finite steps skipped" if result.skipped_steps else ""),
+    ]
+    if result.metrics:
+        lines.append(format_metrics_table(result.metrics))
+    lines.append(f"outputs in {result.output_dir}")
+    return "\n".join(lines)
+

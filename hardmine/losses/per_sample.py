@@ -1,0 +1,36 @@
+"""Per-sample loss functions for the RoI head, selectable by name.
+
+Each returns one value per sample (no reduction) so heads can weight, rank (OHEM) and normalise
+samples themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch.nn.functional as F
+from torch import Tensor
+
+ClsLoss = Callable[[Tensor, Tensor], Tensor]
+RegLoss = Callable[[Tensor, Tensor, float], Tensor]
+
+
+def softmax_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """[K] softmax cross-entropy over C + 1 classes (label 0 = background)."""
+    return F.cross_entropy(logits, labels, reduction="none")
+
+
+def smooth_l1(pred: Tensor, target: Tensor, beta: float) -> Tensor:
+    """[K] smooth L1 summed over the 4 box deltas."""
+    return F.smooth_l1_loss(pred, target, beta=beta, reduction="none").sum(dim=-1)
+
+
+def l1(pred: Tensor, target: Tensor, beta: float) -> Tensor:
+    """[K] L1 summed over the 4 box deltas (`beta` unused)."""
+    return (pred - target).abs().sum(dim=-1)
+
+
+#: Config name -> per-sample classification loss of softmax heads.
+CLS_LOSSES: dict[str, ClsLoss] = {"ce": softmax_cross_entropy}
+#: Config name -> per-sample box regression loss on encoded deltas.
+REG_LOSSES: dict[str, RegLoss] = {"smooth_l1": smooth_l1, "l1": l1}

@@ -1,0 +1,169 @@
+"""hardmine's RoI head for Fast and Faster R-CNN: the sampler and the losses are options.
+
+Built from torchvision's blocks (`MultiScaleRoIAlign`, `TwoMLPHead`, `FastRCNNPredictor`,
+`BoxCoder`, `batched_nms`). Training, per batch:
+
+1. candidates = proposals + ground-truth boxes, matched to the ground truth (`match_boxes`);
+2. the sampler picks which candidates train the head; loss-ranking samplers get a scoring
+   callable that runs the head over all candidates under `torch.no_grad()`;
+3. only the picked candidates go through RoIAlign and the box head with autograd.
+
+Losses: per-sample classification (`CLS_LOSSES`) and class-specific box regression
+(`REG_LOSSES`, foreground only), each summed with the per-sample weights and divided by the
+number of sampled candidates (torchvision's normalisation).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection._utils import BoxCoder
+from torchvision.ops import MultiScaleRoIAlign, batched_nms, box_ops
+
+from hardmine.losses.per_sample import CLS_LOSSES, REG_LOSSES
+from hardmine.models.matching import Match, match_boxes, sample_weights
+from hardmine.models.stats import sampling_stats
+from hardmine.sampling.base import Candidates, Sampler
+
+
+class RoIHead(nn.Module):
+    """Classify and refine RoIs; see the module docstring for the training procedure."""
+
+    def __init__(
+        self,
+        box_roi_pool: MultiScaleRoIAlign,
+        box_head: nn.Module,
+        box_predictor: nn.Module,
+        sampler: Sampler,
+        cls_loss: str = "ce",
+        reg_loss: str = "smooth_l1",
+        smooth_l1_beta: float = 1.0 / 9,
+        box_coder_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0),
+        add_gt_as_proposals: bool = True,
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.5,
+        detections_per_img: int = 100,
+    ) -> None:
+        super().__init__()
+        if cls_loss not in CLS_LOSSES:
+            raise ValueError(f"unknown cls_loss {cls_loss!r}; choose from {sorted(CLS_LOSSES)}")
+        if reg_loss not in REG_LOSSES:
+            raise ValueError(f"unknown reg_loss {reg_loss!r}; choose from {sorted(REG_LOSSES)}")
+        self.box_roi_pool = box_roi_pool
+        self.box_head = box_head
+        self.box_predictor = box_predictor
+        self.sampler = sampler
+        self.cls_loss = CLS_LOSSES[cls_loss]
+        self.reg_loss = REG_LOSSES[reg_loss]
+        self.smooth_l1_beta = smooth_l1_beta
+        self.box_coder = BoxCoder(box_coder_weights)
+        self.add_gt_as_proposals = add_gt_as_proposals
+        self.score_thresh = score_thresh
+        self.nms_thresh = nms_thresh
+        self.detections_per_img = detections_per_img
+        self.last_stats: dict[str, Tensor] = {}
+
+    def predict(
+        self, features: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
+    ) -> tuple[Tensor, Tensor]:
+        """Class logits [K, C+1] and class-specific deltas [K, 4(C+1)] for the given boxes."""
+        pooled = self.box_roi_pool(features, boxes, image_shapes)
+        return self.box_predictor(self.box_head(pooled))
+
+    def forward(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        if self.training:
+            if targets is None:
+                raise ValueError("the RoI head needs targets in training mode")
+            return [], self._losses(features, proposals, image_shapes, targets)
+        logits, deltas = self.predict(features, proposals, image_shapes)
+        return self._postprocess(logits, deltas, proposals, image_shapes), {}
+
+    def _regression_targets(self, match: Match, target: dict[str, Tensor], boxes: Tensor) -> Tensor:
+        return self.box_coder.encode_single(target["boxes"][match.matched], boxes)
+
+    def _per_sample_losses(
+        self, logits: Tensor, deltas: Tensor, labels: Tensor, reg_targets: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """[K] classification and [K] regression loss (0 for background samples)."""
+        cls = self.cls_loss(logits, labels)
+        reg = torch.zeros_like(cls)
+        fg = torch.nonzero(labels > 0).flatten()
+        if fg.numel():
+            pred = deltas.view(deltas.shape[0], -1, 4)[fg, labels[fg]]
+            reg = reg.index_put((fg,), self.reg_loss(pred, reg_targets[fg], self.smooth_l1_beta).to(reg.dtype))
+        return cls, reg
+
+    def _losses(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]],
+    ) -> dict[str, Tensor]:
+        if self.add_gt_as_proposals:
+            proposals = [torch.cat([p, t["boxes"].to(p.dtype)]) for p, t in zip(proposals, targets)]
+        matches = [
+            match_boxes(p, t["boxes"], t["labels"], t.get("ignore_boxes")) for p, t in zip(proposals, targets)
+        ]
+        candidates = Candidates(
+            ious=[m.ious for m in matches],
+            gt_labels=[m.gt_labels for m in matches],
+            boxes=proposals,
+            ignore=[m.ignore for m in matches],
+        )
+
+        def score_fn(assigned: list[Tensor]) -> list[Tensor]:
+            """Per-candidate cls + box loss over all candidates, without autograd."""
+            with torch.no_grad():
+                logits, deltas = self.predict(features, proposals, image_shapes)
+                labels = torch.cat(assigned).clamp(min=0)
+                reg_targets = torch.cat(
+                    [self._regression_targets(m, t, p) for m, t, p in zip(matches, targets, proposals)]
+                )
+                cls, reg = self._per_sample_losses(logits, deltas, labels, reg_targets)
+                return list((cls + reg).split([p.shape[0] for p in proposals]))
+
+        results = self.sampler(candidates, score_fn if self.sampler.needs_scores else None)
+        boxes = [p[r.indices] for p, r in zip(proposals, results)]
+        labels = torch.cat([r.labels for r in results])
+        reg_targets = torch.cat(
+            [
+                self.box_coder.encode_single(t["boxes"][m.matched[r.indices]], b)
+                for m, t, r, b in zip(matches, targets, results, boxes)
+            ]
+        )
+        weights = sample_weights(results, matches, targets, boxes[0].dtype)
+        logits, deltas = self.predict(features, boxes, image_shapes)
+        cls, reg = self._per_sample_losses(logits, deltas, labels, reg_targets)
+        num_sampled = max(labels.numel(), 1)
+        self.last_stats = sampling_stats(cls, labels, num_candidates=sum(p.shape[0] for p in proposals))
+        return {
+            "loss_roi_cls": (cls * weights).sum() / num_sampled,
+            "loss_roi_box": (reg * weights).sum() / num_sampled,
+        }
+
+    def _postprocess(
+        self, logits: Tensor, deltas: Tensor, proposals: list[Tensor], image_shapes: list[tuple[int, int]]
+    ) -> list[dict[str, Tensor]]:
+        num_classes = logits.shape[-1]
+        boxes_all = self.box_coder.decode(deltas, proposals).split([p.shape[0] for p in proposals])
+        scores_all = F.softmax(logits.float(), -1).split([p.shape[0] for p in proposals])
+        out = []
+        for boxes, scores, shape in zip(boxes_all, scores_all, image_shapes):
+            boxes = box_ops.clip_boxes_to_image(boxes, shape)[:, 1:].reshape(-1, 4)
+            labels = torch.arange(1, num_classes, device=scores.device).expand(scores.shape[0], -1).reshape(-1)
+            scores = scores[:, 1:].reshape(-1)
+            keep = torch.nonzero(scores > self.score_thresh).flatten()
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
+            out.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+        return out

@@ -1,0 +1,46 @@
+"""Resize, normalise and batch images; torchvision's transform, extended to hardmine's targets.
+
+torchvision's `GeneralizedRCNNTransform` rescales `boxes` only. hardmine targets also carry
+`ignore_boxes` (VOC difficult / COCO crowd regions) and, for Fast R-CNN, `proposals`; they are
+rescaled with the same factors. Predictions are mapped back to the original image size by
+`postprocess`, so everything outside the model works in original pixel coordinates.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+#: Box-valued target keys rescaled together with `boxes`.
+EXTRA_BOX_KEYS = ("ignore_boxes", "proposals")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DetectionTransform(GeneralizedRCNNTransform):
+    """`GeneralizedRCNNTransform` that also rescales `ignore_boxes` and `proposals`."""
+
+    def __init__(
+        self,
+        min_size: int | tuple[int, ...],
+        max_size: int,
+        size_divisible: int = 32,
+    ) -> None:
+        sizes = (min_size,) if isinstance(min_size, int) else tuple(min_size)
+        super().__init__(sizes, max_size, list(IMAGENET_MEAN), list(IMAGENET_STD), size_divisible)
+
+    def resize(
+        self, image: Tensor, target: dict[str, Tensor] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor] | None]:
+        h, w = image.shape[-2:]
+        image, target = super().resize(image, target)
+        if target is not None:
+            nh, nw = image.shape[-2:]
+            scale = torch.tensor([nw / w, nh / h, nw / w, nh / h], dtype=torch.float32)
+            for key in EXTRA_BOX_KEYS:
+                if key in target:
+                    boxes = target[key]
+                    target[key] = boxes * scale.to(boxes.device, boxes.dtype)
+        return image, target

@@ -1,0 +1,44 @@
+"""Biased random sampling (Fast R-CNN): B candidates per image, a fixed fraction of them foreground."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from hardmine.sampling.base import Candidates, Sampler, SampleResult, ScoreFn, take
+
+
+@dataclass
+class RandomSampler(Sampler):
+    """Draw up to `fg_fraction * batch_size_per_image` foreground candidates at random, then fill
+    the rest of the `batch_size_per_image` slots with random background candidates.
+
+    When an image has too few foreground candidates the free slots go to background, as in
+    Fast R-CNN and torchvision; when it has too few of both, fewer than B are returned.
+    """
+
+    batch_size_per_image: int = 512
+    fg_fraction: float = 0.25
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.batch_size_per_image <= 0:
+            raise ValueError(f"batch_size_per_image must be > 0, got {self.batch_size_per_image}")
+        if not 0.0 <= self.fg_fraction <= 1.0:
+            raise ValueError(f"fg_fraction must be in [0, 1], got {self.fg_fraction}")
+
+    def select(
+        self, labels: list[Tensor], candidates: Candidates, score_fn: ScoreFn | None
+    ) -> list[SampleResult]:
+        results = []
+        for image_labels in labels:
+            fg = torch.nonzero(image_labels > 0).flatten()
+            bg = torch.nonzero(image_labels == 0).flatten()
+            num_fg = min(fg.numel(), int(self.batch_size_per_image * self.fg_fraction))
+            num_bg = min(bg.numel(), self.batch_size_per_image - num_fg)
+            fg = fg[torch.randperm(fg.numel(), device=fg.device)[:num_fg]]
+            bg = bg[torch.randperm(bg.numel(), device=bg.device)[:num_bg]]
+            results.append(take(image_labels, torch.cat([fg, bg])))
+        return results

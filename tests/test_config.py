@@ -1,0 +1,75 @@
+"""Config: defaults, YAML presets, key=value overrides and validation errors naming the key."""
+
+from pathlib import Path
+
+import pytest
+
+from hardmine.config import Config, config_from_dict, describe_options, load_config
+from hardmine.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_defaults_match_the_papers():
+    cfg = Config()
+    assert (cfg.roi_head.batch_size_per_image, cfg.roi_head.fg_fraction) == (512, 0.25)
+    assert (cfg.roi_head.fg_iou, cfg.roi_head.bg_iou_lo, cfg.roi_head.bg_iou_hi) == (0.5, 0.1, 0.5)
+    assert (cfg.rpn.batch_size_per_image, cfg.rpn.fg_fraction, cfg.rpn.fg_iou, cfg.rpn.bg_iou_hi) == (256, 0.5, 0.7, 0.3)
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["solver.lr=0.5", "model.min_size=[256, 320]", "train.deterministic=false",
+                             "solver.steps=[10, 20]", "roi_head.fg_iou=1"])
+    assert cfg.solver.lr == 0.5 and cfg.model.min_size == [256, 320] and cfg.train.deterministic is False
+    assert cfg.solver.steps == [10, 20] and cfg.roi_head.fg_iou == 1.0 and isinstance(cfg.roi_head.fg_iou, float)
+
+
+def test_scalar_becomes_one_element_list():
+    assert load_config(None, ["model.min_size=300"]).model.min_size == [300]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("roi_head.samplr=random", "'samplr' is not a key of roi_head; valid: roi_head.sampler"),
+        ("nosuch=1", "'nosuch' is not a key of the top level"),
+        ("roi_head.sampler=bogus", "roi_head.sampler='bogus' is not allowed; choose from random, none"),
+        ("roi_head.batch_size_per_image=-4", "roi_head.batch_size_per_image: must be > 0"),
+        ("roi_head.fg_fraction=1.5", "roi_head.fg_fraction: must be in [0, 1]"),
+        ("roi_head.batch_size_per_image=many", "roi_head.batch_size_per_image: expected int, got 'many'"),
+        ("solver.lr=true", "solver.lr: expected float"),
+        ("roi_head.bg_iou_lo=0.6", "need 0 <= bg_iou_lo <= bg_iou_hi <= fg_iou <= 1"),
+        ("model.arch=fast_rcnn", "data.train_proposals: Fast R-CNN needs a proposals file"),
+        ("solver.amp=fp8", "solver.amp='fp8' is not allowed; choose from off, bf16, fp16"),
+        ("roi_head=3", "roi_head: is a section"),
+        ("novalue", "is not of the form key=value"),
+    ],
+)
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert message in str(info.value)
+
+
+def test_yaml_presets_load(tmp_path):
+    for path in CONFIGS.glob("*.yaml"):
+        overrides = ["data.train_proposals=x.pt"] if "fast_rcnn" in path.name else []
+        load_config(path, overrides)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("roi_head:\n  samplerr: random\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown config key 'roi_head.samplerr'"):
+        load_config(bad)
+    bad.write_text("roi_head: [1, 2\n")
+    with pytest.raises(ConfigError, match="malformed YAML"):
+        load_config(bad)
+
+
+def test_round_trip_through_dict():
+    cfg = load_config(CONFIGS / "smoke.yaml", ["solver.lr=0.03"])
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_help_lists_every_option():
+    text = describe_options()
+    for key in ("model.arch", "roi_head.sampler", "rpn.fg_iou", "solver.warmup_iters", "output_dir"):
+        assert key in text
