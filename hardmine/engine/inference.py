@@ -54,8 +54,9 @@ def predict_dataset(
             else:
                 results = model(images)
             for image_id, result in zip(ids, results):
-                out[image_id] = {k: v.detach().float().cpu() if k != "labels" else v.cpu()
-                                 for k, v in result.items()}
+                out[image_id] = {
+                    k: v.detach().float().cpu() if k != "labels" else v.cpu() for k, v in result.items()
+                }
             if progress is not None:
                 progress.update(len(ids))  # type: ignore[attr-defined]
     finally:

@@ -54,7 +54,9 @@ def load_proposals(path: str | Path, index: DatasetIndex | None = None) -> dict[
     out: dict[int, Tensor] = {}
     for image_id, b in zip(ids, boxes):
         if b.ndim != 2 or b.shape[1] != 4:
-            raise DataError(f"{path}: image id {image_id}: boxes must have shape [P, 4], got {tuple(b.shape)}")
+            raise DataError(
+                f"{path}: image id {image_id}: boxes must have shape [P, 4], got {tuple(b.shape)}"
+            )
         out[int(image_id)] = b.float()
     if index is not None:
         missing = [r.image_id for r in index.records if r.image_id not in out]

@@ -34,7 +34,10 @@ def build_optimizer(model: nn.Module, solver: SolverConfig) -> Optimizer:
                 no_decay.append(param)
             else:
                 decay.append(param)
-    groups = [{"params": decay, "weight_decay": solver.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": solver.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     return SGD([g for g in groups if g["params"]], lr=solver.lr, momentum=solver.momentum)
 
 
@@ -49,7 +52,9 @@ def build_scheduler(optimizer: Optimizer, solver: SolverConfig) -> LRScheduler:
     if solver.schedule == "cosine":
         decay: LRScheduler = CosineAnnealingLR(optimizer, T_max=rest, eta_min=0.0)
     elif solver.schedule == "step":
-        decay = MultiStepLR(optimizer, milestones=[max(s - warmup, 0) for s in solver.steps], gamma=solver.gamma)
+        decay = MultiStepLR(
+            optimizer, milestones=[max(s - warmup, 0) for s in solver.steps], gamma=solver.gamma
+        )
     else:
         decay = ConstantLR(optimizer, factor=1.0, total_iters=0)
     if warmup == 0:

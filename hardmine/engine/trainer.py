@@ -146,7 +146,12 @@ def evaluate_model(
 ) -> dict[str, float]:
     """COCO (and/or VOC) metrics of `model` on `index`."""
     predictions = predict_dataset(
-        model, index, device, batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers, proposals=proposals
+        model,
+        index,
+        device,
+        batch_size=cfg.eval.batch_size,
+        num_workers=cfg.data.num_workers,
+        proposals=proposals,
     )
     metrics: dict[str, float] = {}
     if cfg.eval.metric in ("coco", "both"):
@@ -162,7 +167,9 @@ def load_split_proposals(cfg: Config, split: str, index: DatasetIndex) -> dict[i
         return None
     path = cfg.data.train_proposals if split == "train" else (cfg.data.val_proposals or "")
     if not path:
-        raise HardmineError(f"model.arch=fast_rcnn needs data.{split}_proposals (write one with hardmine proposals)")
+        raise HardmineError(
+            f"model.arch=fast_rcnn needs data.{split}_proposals (write one with hardmine proposals)"
+        )
     return load_proposals(path, index)
 
 
@@ -203,9 +210,15 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
     (out / "config.yaml").write_text(dump_yaml(cfg))
 
     dataset = DetectionDataset(
-        train_index, train=True, hflip_prob=cfg.data.hflip_prob, seed=cfg.train.seed, proposals=train_proposals
+        train_index,
+        train=True,
+        hflip_prob=cfg.data.hflip_prob,
+        seed=cfg.train.seed,
+        proposals=train_proposals,
     )
-    batches = IterationBatchSampler(len(dataset), cfg.data.batch_size, cfg.train.seed, start, cfg.solver.max_iter)
+    batches = IterationBatchSampler(
+        len(dataset), cfg.data.batch_size, cfg.train.seed, start, cfg.solver.max_iter
+    )
     loader = DataLoader(
         _EpochIndexed(dataset),
         batch_sampler=batches,
@@ -237,8 +250,14 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
     if cfg.train.progress:
         from tqdm import tqdm
 
-        progress = tqdm(total=cfg.solver.max_iter, initial=start, desc="train", unit="it",
-                        dynamic_ncols=True, file=sys.stderr)
+        progress = tqdm(
+            total=cfg.solver.max_iter,
+            initial=start,
+            desc="train",
+            unit="it",
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
     model.train()
     skipped = 0
     iteration = start
@@ -253,8 +272,10 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
             if not torch.isfinite(loss):
                 skipped += 1
                 ids = [int(t["image_id"]) for t in targets]
-                print(f"iteration {iteration}: non-finite loss {float(loss)}, step skipped (images {ids})",
-                      file=sys.stderr)
+                print(
+                    f"iteration {iteration}: non-finite loss {float(loss)}, step skipped (images {ids})",
+                    file=sys.stderr,
+                )
                 optimizer.zero_grad(set_to_none=True)
             else:
                 optimizer.zero_grad(set_to_none=True)
@@ -281,8 +302,10 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
         if progress is not None:
             progress.close()
         logger.close()
-        print(f"interrupted: checkpoint at iteration {iteration} in {out / LAST}; continue with --resume",
-              file=sys.stderr)
+        print(
+            f"interrupted: checkpoint at iteration {iteration} in {out / LAST}; continue with --resume",
+            file=sys.stderr,
+        )
         raise
     elapsed = time.perf_counter() - t_start
     if progress is not None:
@@ -356,4 +379,3 @@ def format_result(result: TrainResult) -> str:
         lines.append(format_metrics_table(result.metrics))
     lines.append(f"outputs in {result.output_dir}")
     return "\n".join(lines)
-

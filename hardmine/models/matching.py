@@ -81,6 +81,14 @@ def match_boxes(
     return Match(ious=ious, matched=matched, gt_labels=labels, ignore=ignore, force_fg=force_fg)
 
 
+def matched_boxes(match: Match, gt_boxes: Tensor, indices: Tensor | None = None) -> Tensor:
+    """Ground-truth box matched to each candidate (or to `indices`); zeros when the image has none."""
+    matched = match.matched if indices is None else match.matched[indices]
+    if gt_boxes.numel() == 0:
+        return torch.zeros((matched.numel(), 4), dtype=gt_boxes.dtype, device=gt_boxes.device)
+    return gt_boxes[matched]
+
+
 def sample_weights(
     results: list[SampleResult], matches: list[Match], targets: list[dict[str, Tensor]], dtype: torch.dtype
 ) -> Tensor:

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection._utils import BoxCoder
-from torchvision.ops import MultiScaleRoIAlign, batched_nms, box_ops
+from torchvision.ops import MultiScaleRoIAlign, batched_nms, clip_boxes_to_image, remove_small_boxes
 
 from hardmine.losses.per_sample import CLS_LOSSES, REG_LOSSES
-from hardmine.models.matching import Match, match_boxes, sample_weights
+from hardmine.models.matching import Match, match_boxes, matched_boxes, sample_weights
 from hardmine.models.stats import sampling_stats
 from hardmine.sampling.base import Candidates, Sampler
 
@@ -85,8 +85,11 @@ class RoIHead(nn.Module):
         logits, deltas = self.predict(features, proposals, image_shapes)
         return self._postprocess(logits, deltas, proposals, image_shapes), {}
 
-    def _regression_targets(self, match: Match, target: dict[str, Tensor], boxes: Tensor) -> Tensor:
-        return self.box_coder.encode_single(target["boxes"][match.matched], boxes)
+    def _regression_targets(
+        self, match: Match, target: dict[str, Tensor], boxes: Tensor, indices: Tensor | None = None
+    ) -> Tensor:
+        """Encoded deltas from each candidate (or those at `indices`) to its matched ground truth."""
+        return self.box_coder.encode_single(matched_boxes(match, target["boxes"], indices), boxes)
 
     def _per_sample_losses(
         self, logits: Tensor, deltas: Tensor, labels: Tensor, reg_targets: Tensor
@@ -97,7 +100,9 @@ class RoIHead(nn.Module):
         fg = torch.nonzero(labels > 0).flatten()
         if fg.numel():
             pred = deltas.view(deltas.shape[0], -1, 4)[fg, labels[fg]]
-            reg = reg.index_put((fg,), self.reg_loss(pred, reg_targets[fg], self.smooth_l1_beta).to(reg.dtype))
+            reg = reg.index_put(
+                (fg,), self.reg_loss(pred, reg_targets[fg], self.smooth_l1_beta).to(reg.dtype)
+            )
         return cls, reg
 
     def _losses(
@@ -135,7 +140,7 @@ class RoIHead(nn.Module):
         labels = torch.cat([r.labels for r in results])
         reg_targets = torch.cat(
             [
-                self.box_coder.encode_single(t["boxes"][m.matched[r.indices]], b)
+                self._regression_targets(m, t, b, r.indices)
                 for m, t, r, b in zip(matches, targets, results, boxes)
             ]
         )
@@ -157,12 +162,14 @@ class RoIHead(nn.Module):
         scores_all = F.softmax(logits.float(), -1).split([p.shape[0] for p in proposals])
         out = []
         for boxes, scores, shape in zip(boxes_all, scores_all, image_shapes):
-            boxes = box_ops.clip_boxes_to_image(boxes, shape)[:, 1:].reshape(-1, 4)
-            labels = torch.arange(1, num_classes, device=scores.device).expand(scores.shape[0], -1).reshape(-1)
+            boxes = clip_boxes_to_image(boxes, shape)[:, 1:].reshape(-1, 4)
+            labels = (
+                torch.arange(1, num_classes, device=scores.device).expand(scores.shape[0], -1).reshape(-1)
+            )
             scores = scores[:, 1:].reshape(-1)
             keep = torch.nonzero(scores > self.score_thresh).flatten()
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
+            keep = remove_small_boxes(boxes, min_size=1e-2)
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
             keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
             out.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})

@@ -16,7 +16,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers
 
-from hardmine.models.matching import match_boxes, sample_weights
+from hardmine.models.matching import match_boxes, matched_boxes, sample_weights
 from hardmine.models.stats import sampling_stats
 from hardmine.sampling.base import Candidates, Sampler, SampleResult
 
@@ -65,7 +65,9 @@ class RPN(RegionProposalNetwork):
         num_anchors_per_level = [o[0].numel() for o in objectness]
         objectness, deltas = concat_box_prediction_layers(objectness, deltas)
         proposals = self.box_coder.decode(deltas.detach(), anchors).view(num_images, -1, 4)
-        boxes, scores = self.filter_proposals(proposals, objectness, images.image_sizes, num_anchors_per_level)
+        boxes, scores = self.filter_proposals(
+            proposals, objectness, images.image_sizes, num_anchors_per_level
+        )
         losses: dict[str, Tensor] = {}
         if self.training:
             if targets is None:
@@ -82,7 +84,11 @@ class RPN(RegionProposalNetwork):
             objectness_labels = torch.ones(gt_boxes.shape[0], dtype=torch.long, device=gt_boxes.device)
             matches.append(
                 match_boxes(
-                    image_anchors, gt_boxes, objectness_labels, target.get("ignore_boxes"), low_quality_min_iou=0.0
+                    image_anchors,
+                    gt_boxes,
+                    objectness_labels,
+                    target.get("ignore_boxes"),
+                    low_quality_min_iou=0.0,
                 )
             )
         candidates = Candidates(
@@ -97,7 +103,7 @@ class RPN(RegionProposalNetwork):
         deltas = deltas.view(len(anchors), per_image, 4)
 
         def regression_targets(i: int, idx: Tensor) -> Tensor:
-            gt = targets[i]["boxes"][matches[i].matched[idx]]
+            gt = matched_boxes(matches[i], targets[i]["boxes"], idx)
             return self.box_coder.encode_single(gt, anchors[i][idx])
 
         def score_fn(assigned: list[Tensor]) -> list[Tensor]:
@@ -110,7 +116,10 @@ class RPN(RegionProposalNetwork):
                     fg = torch.nonzero(labels > 0).flatten()
                     if fg.numel():
                         box = F.smooth_l1_loss(
-                            deltas[i, fg], regression_targets(i, fg), beta=self.smooth_l1_beta, reduction="none"
+                            deltas[i, fg],
+                            regression_targets(i, fg),
+                            beta=self.smooth_l1_beta,
+                            reduction="none",
                         ).sum(dim=1)
                         loss = loss.index_add(0, fg, box.to(loss.dtype))
                     scores.append(loss)
@@ -142,4 +151,3 @@ class RPN(RegionProposalNetwork):
             "loss_rpn_cls": (cls * weights).sum() / num_sampled,
             "loss_rpn_box": box_loss,
         }
-

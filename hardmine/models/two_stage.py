@@ -22,7 +22,9 @@ class TwoStageDetector(nn.Module):
     image coordinates; in evaluation pass `proposals=` (one [P, 4] tensor per image).
     """
 
-    def __init__(self, transform: DetectionTransform, backbone: nn.Module, rpn: RPN | None, roi_head: RoIHead):
+    def __init__(
+        self, transform: DetectionTransform, backbone: nn.Module, rpn: RPN | None, roi_head: RoIHead
+    ):
         super().__init__()
         self.transform = transform
         self.backbone = backbone

@@ -20,8 +20,9 @@ def test_warmup_then_cosine():
 
 
 def test_warmup_then_steps_at_absolute_iterations():
-    s = SolverConfig(lr=0.1, max_iter=100, warmup_iters=10, warmup_factor=0.5, schedule="step",
-                     steps=[50, 80], gamma=0.1)
+    s = SolverConfig(
+        lr=0.1, max_iter=100, warmup_iters=10, warmup_factor=0.5, schedule="step", steps=[50, 80], gamma=0.1
+    )
     assert lr_at(s, [0, 10, 49, 50, 79, 80, 99]) == pytest.approx([0.05, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
 
 

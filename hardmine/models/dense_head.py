@@ -1,0 +1,201 @@
+"""hardmine's RetinaNet-style dense head: the anchor sampler and both losses are options.
+
+The conv towers are torchvision's `RetinaNetClassificationHead` / `RetinaNetRegressionHead`
+(optionally shortened to `num_convs` layers); only their forward passes are used. Training, per batch:
+
+1. every anchor is matched to the ground truth (`match_boxes`, with ignore regions and low-quality
+   matches), giving one `Candidates` set per image;
+2. the sampler picks the anchors that train the head (default: all assigned ones, as RetinaNet);
+   loss-ranking samplers get a scoring callable that evaluates the per-anchor loss of the already
+   computed head outputs without autograd;
+3. the classification loss (`CLS_LOSSES`, sigmoid, one-vs-all) and the box loss (`REG_LOSSES`,
+   foreground only) of the picked anchors are weighted (sampler weights x per-box "weights" for
+   foreground) and divided by the number of sampled foreground anchors (at least 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection._utils import BoxCoder
+from torchvision.models.detection.retinanet import RetinaNetClassificationHead, RetinaNetRegressionHead
+from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+
+from hardmine.models.matching import match_boxes, sample_weights
+from hardmine.models.stats import sampling_stats
+from hardmine.sampling.base import Candidates, IoUThresholds, Sampler
+from hardmine.sampling.none import NoSampler
+
+#: (logits [K, C], one-hot targets [K, C], alpha, gamma) -> elementwise loss [K, C].
+DenseClsLoss = Callable[[Tensor, Tensor, float, float], Tensor]
+#: (deltas [F, 4], matched gt boxes [F, 4], anchors [F, 4], box coder, smooth L1 beta) -> loss [F].
+DenseRegLoss = Callable[[Tensor, Tensor, Tensor, BoxCoder, float], Tensor]
+
+
+def focal(logits: Tensor, targets: Tensor, alpha: float, gamma: float) -> Tensor:
+    """Sigmoid focal loss (RetinaNet); alpha < 0 turns the alpha balancing off."""
+    return sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=gamma, reduction="none")
+
+
+def bce(logits: Tensor, targets: Tensor, alpha: float, gamma: float) -> Tensor:
+    """Sigmoid binary cross-entropy, alpha-balanced when alpha >= 0 (`gamma` unused)."""
+    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    if alpha >= 0:
+        loss = loss * (alpha * targets + (1 - alpha) * (1 - targets))
+    return loss
+
+
+def l1(deltas: Tensor, gt_boxes: Tensor, anchors: Tensor, coder: BoxCoder, beta: float) -> Tensor:
+    """L1 on encoded deltas, summed over the 4 coordinates (`beta` unused)."""
+    return (deltas - coder.encode_single(gt_boxes, anchors)).abs().sum(dim=-1)
+
+
+def smooth_l1(deltas: Tensor, gt_boxes: Tensor, anchors: Tensor, coder: BoxCoder, beta: float) -> Tensor:
+    """Smooth L1 on encoded deltas, summed over the 4 coordinates."""
+    target = coder.encode_single(gt_boxes, anchors)
+    return F.smooth_l1_loss(deltas, target, beta=beta, reduction="none").sum(dim=-1)
+
+
+def giou(deltas: Tensor, gt_boxes: Tensor, anchors: Tensor, coder: BoxCoder, beta: float) -> Tensor:
+    """Generalized IoU loss between the decoded boxes and their ground truth (`beta` unused)."""
+    return generalized_box_iou_loss(coder.decode_single(deltas, anchors), gt_boxes, reduction="none")
+
+
+#: Config name -> elementwise sigmoid classification loss.
+CLS_LOSSES: dict[str, DenseClsLoss] = {"focal": focal, "bce": bce}
+#: Config name -> per-anchor box regression loss.
+REG_LOSSES: dict[str, DenseRegLoss] = {"l1": l1, "smooth_l1": smooth_l1, "giou": giou}
+
+
+def default_sampler() -> Sampler:
+    """RetinaNet's assignment: fg at IoU >= 0.5, bg below 0.4, every assigned anchor trains."""
+    return NoSampler(IoUThresholds(fg=0.5, bg_lo=0.0, bg_hi=0.4))
+
+
+class DenseHead(nn.Module):
+    """Per-anchor class scores and box deltas over all FPN levels; see the module docstring.
+
+    forward(features) -> (cls_logits [N, A, C], deltas [N, A, 4]) with A the anchors of all levels,
+    level by level in `AnchorGenerator` order. `loss(...)` turns them into the two losses and sets
+    `last_stats` (see `hardmine.models.stats.sampling_stats`).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_anchors: int,
+        num_classes: int,
+        sampler: Sampler | None = None,
+        cls_loss: str = "focal",
+        reg_loss: str = "l1",
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        smooth_l1_beta: float = 1.0 / 9,
+        prior_prob: float = 0.01,
+        num_convs: int = 4,
+        low_quality_matches: bool = True,
+        box_coder_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
+    ) -> None:
+        super().__init__()
+        if cls_loss not in CLS_LOSSES:
+            raise ValueError(f"unknown cls_loss {cls_loss!r}; choose from {sorted(CLS_LOSSES)}")
+        if reg_loss not in REG_LOSSES:
+            raise ValueError(f"unknown reg_loss {reg_loss!r}; choose from {sorted(REG_LOSSES)}")
+        if not 0 <= num_convs <= 4:
+            raise ValueError(f"num_convs must be in [0, 4], got {num_convs}")
+        if not 0.0 < prior_prob < 1.0:
+            raise ValueError(f"prior_prob must be in (0, 1), got {prior_prob}")
+        self.classification = RetinaNetClassificationHead(in_channels, num_anchors, num_classes, prior_prob)
+        self.regression = RetinaNetRegressionHead(in_channels, num_anchors)
+        # torchvision's towers have 4 convs; a shorter tower keeps the first `num_convs`.
+        self.classification.conv = self.classification.conv[:num_convs]
+        self.regression.conv = self.regression.conv[:num_convs]
+        self.num_classes = num_classes
+        self.num_anchors = num_anchors
+        self.sampler = default_sampler() if sampler is None else sampler
+        self.cls_loss = CLS_LOSSES[cls_loss]
+        self.reg_loss = REG_LOSSES[reg_loss]
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+        self.smooth_l1_beta = smooth_l1_beta
+        self.low_quality_matches = low_quality_matches
+        self.box_coder = BoxCoder(box_coder_weights)
+        self.last_stats: dict[str, Tensor] = {}
+
+    def forward(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
+        return self.classification(features), self.regression(features)
+
+    def _per_sample_losses(
+        self, logits: Tensor, deltas: Tensor, labels: Tensor, gt_boxes: Tensor, anchors: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """[K] classification loss of K samples and [F] box loss of their foreground ones (in order).
+
+        labels: [K] >= 1 foreground class, 0 background; the other tensors are per sample.
+        """
+        logits, deltas = logits.float(), deltas.float()
+        fg = labels > 0
+        targets = torch.zeros_like(logits)
+        targets[fg, labels[fg] - 1] = 1.0
+        cls = self.cls_loss(logits, targets, self.focal_alpha, self.focal_gamma).sum(dim=-1)
+        reg = self.reg_loss(
+            deltas[fg], gt_boxes[fg].float(), anchors[fg].float(), self.box_coder, self.smooth_l1_beta
+        )
+        return cls, reg
+
+    def loss(
+        self,
+        cls_logits: Tensor,
+        deltas: Tensor,
+        anchors: list[Tensor],
+        targets: list[dict[str, Tensor]],
+    ) -> dict[str, Tensor]:
+        """The head's losses for one batch (anchors and targets in resized-image coordinates)."""
+        num_images, num_anchors, num_classes = cls_logits.shape
+        min_iou = 0.0 if self.low_quality_matches else None
+        matches = [
+            match_boxes(a, t["boxes"], t["labels"], t.get("ignore_boxes"), low_quality_min_iou=min_iou)
+            for a, t in zip(anchors, targets)
+        ]
+        candidates = Candidates(
+            ious=[m.ious for m in matches],
+            gt_labels=[m.gt_labels for m in matches],
+            boxes=anchors,
+            ignore=[m.ignore for m in matches],
+            force_fg=[m.force_fg for m in matches],
+        )
+        # Flat [N * A] views: anchor j of image i is row i * A + j.
+        flat_logits = cls_logits.reshape(-1, num_classes)
+        flat_deltas = deltas.reshape(-1, 4)
+        flat_anchors = torch.cat(anchors)
+        flat_gt = torch.cat(
+            [
+                t["boxes"][m.matched] if t["boxes"].numel() else torch.zeros_like(a)
+                for a, t, m in zip(anchors, targets, matches)
+            ]
+        )
+
+        def score_fn(assigned: list[Tensor]) -> list[Tensor]:
+            """Per-anchor cls + box loss of every anchor, without autograd (ignored ones scored as bg)."""
+            with torch.no_grad():
+                labels = torch.cat(assigned).clamp(min=0)
+                cls, reg = self._per_sample_losses(flat_logits, flat_deltas, labels, flat_gt, flat_anchors)
+                loss = cls.index_add(0, torch.nonzero(labels > 0).flatten(), reg)
+                return list(loss.split(num_anchors))
+
+        results = self.sampler(candidates, score_fn if self.sampler.needs_scores else None)
+        idx = torch.cat([r.indices + i * num_anchors for i, r in enumerate(results)])
+        labels = torch.cat([r.labels for r in results])
+        weights = sample_weights(results, matches, targets, torch.float32)
+        cls, reg = self._per_sample_losses(
+            flat_logits[idx], flat_deltas[idx], labels, flat_gt[idx], flat_anchors[idx]
+        )
+        fg = labels > 0
+        normaliser = max(int(fg.sum()), 1)
+        self.last_stats = sampling_stats(cls, labels, num_candidates=num_images * num_anchors)
+        return {
+            "loss_dense_cls": (cls * weights).sum() / normaliser,
+            "loss_dense_box": (reg * weights[fg]).sum() / normaliser,
+        }

