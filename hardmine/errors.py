@@ -15,3 +15,7 @@ class DataError(HardmineError):
 
 class CheckpointError(HardmineError):
     """A checkpoint cannot be read or does not fit the model."""
+
+
+class TrainingInterrupted(HardmineError):
+    """Training stopped on SIGINT/SIGTERM after writing a checkpoint; `--resume` continues it."""

@@ -14,14 +14,29 @@ def test_defaults_match_the_papers():
     cfg = Config()
     assert (cfg.roi_head.batch_size_per_image, cfg.roi_head.fg_fraction) == (512, 0.25)
     assert (cfg.roi_head.fg_iou, cfg.roi_head.bg_iou_lo, cfg.roi_head.bg_iou_hi) == (0.5, 0.1, 0.5)
-    assert (cfg.rpn.batch_size_per_image, cfg.rpn.fg_fraction, cfg.rpn.fg_iou, cfg.rpn.bg_iou_hi) == (256, 0.5, 0.7, 0.3)
+    assert (cfg.rpn.batch_size_per_image, cfg.rpn.fg_fraction, cfg.rpn.fg_iou, cfg.rpn.bg_iou_hi) == (
+        256,
+        0.5,
+        0.7,
+        0.3,
+    )
 
 
 def test_overrides_are_typed():
-    cfg = load_config(None, ["solver.lr=0.5", "model.min_size=[256, 320]", "train.deterministic=false",
-                             "solver.steps=[10, 20]", "roi_head.fg_iou=1"])
+    cfg = load_config(
+        None,
+        [
+            "solver.lr=0.5",
+            "model.min_size=[256, 320]",
+            "train.deterministic=false",
+            "solver.steps=[10, 20]",
+            "roi_head.fg_iou=1",
+        ],
+    )
     assert cfg.solver.lr == 0.5 and cfg.model.min_size == [256, 320] and cfg.train.deterministic is False
-    assert cfg.solver.steps == [10, 20] and cfg.roi_head.fg_iou == 1.0 and isinstance(cfg.roi_head.fg_iou, float)
+    assert (
+        cfg.solver.steps == [10, 20] and cfg.roi_head.fg_iou == 1.0 and isinstance(cfg.roi_head.fg_iou, float)
+    )
 
 
 def test_scalar_becomes_one_element_list():

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import random
 import resource
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +36,7 @@ from hardmine.engine.logging import MetricLogger
 from hardmine.engine.proposals import load_proposals
 from hardmine.engine.schedule import build_optimizer, build_scheduler, current_lr
 from hardmine.engine.voc_eval import voc_metrics
-from hardmine.errors import CheckpointError, HardmineError
+from hardmine.errors import CheckpointError, HardmineError, TrainingInterrupted
 from hardmine.models.build import build_model
 
 
@@ -91,6 +93,39 @@ class IterationBatchSampler(Sampler[list[tuple[int, int]]]):
             if e != epoch:
                 epoch, order = e, self._order(e)
             yield [(e, i) for i in order[pos * self.batch_size : (pos + 1) * self.batch_size]]
+
+
+class StopRequest(contextlib.AbstractContextManager):
+    """Turn the first SIGINT/SIGTERM into a request to stop at the next iteration boundary.
+
+    The loop then writes a checkpoint of a consistent state (whole iterations only) and stops; a
+    second signal interrupts at once (the last periodic checkpoint stays intact).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+        print(
+            f"\n{signal.Signals(signum).name}: stopping after this iteration (again to abort)",
+            file=sys.stderr,
+        )
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -225,6 +260,9 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
         num_workers=cfg.data.num_workers,
         collate_fn=collate_detection,
         persistent_workers=False,
+        # Its own generator: creating the iterator must not draw from the global RNG, which the
+        # checkpoint restores (else a resumed run would sample differently).
+        generator=torch.Generator().manual_seed(cfg.train.seed),
     )
     logger = MetricLogger(out, resume_from=start if resume else None)
     categories = [{"id": c.id, "name": c.name, "label": c.label} for c in train_index.categories]
@@ -262,7 +300,7 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
     skipped = 0
     iteration = start
     t_start = time.perf_counter()
-    try:
+    with StopRequest() as stop:
         for images, targets in loader:
             images = [img.to(device, non_blocking=True) for img in images]
             targets = _to_device(targets, device)
@@ -287,8 +325,8 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
             scheduler.step()
             iteration += 1
             if iteration % cfg.train.log_period == 0 or iteration == cfg.solver.max_iter:
-                scalars = {"loss": float(loss), "lr": lr}
-                scalars.update({k: float(v) for k, v in loss_dict.items()})
+                scalars = {"loss": float(loss.detach()), "lr": lr}
+                scalars.update({k: float(v.detach()) for k, v in loss_dict.items()})
                 scalars.update(head_diagnostics(model))
                 scalars["time_per_iter"] = (time.perf_counter() - t_start) / max(iteration - start, 1)
                 logger.log(iteration, scalars)
@@ -297,16 +335,15 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
                 progress.update(1)
             if iteration % cfg.train.checkpoint_period == 0 and iteration < cfg.solver.max_iter:
                 checkpoint(iteration, out / LAST)
-    except KeyboardInterrupt:
-        checkpoint(iteration, out / LAST)
-        if progress is not None:
-            progress.close()
-        logger.close()
-        print(
-            f"interrupted: checkpoint at iteration {iteration} in {out / LAST}; continue with --resume",
-            file=sys.stderr,
-        )
-        raise
+            if stop.signal is not None:
+                checkpoint(iteration, out / LAST)
+                if progress is not None:
+                    progress.close()
+                logger.close()
+                raise TrainingInterrupted(
+                    f"stopped by {signal.Signals(stop.signal).name} after iteration {iteration}: checkpoint "
+                    f"{out / LAST}; continue with: hardmine train ... --resume"
+                )
     elapsed = time.perf_counter() - t_start
     if progress is not None:
         progress.close()

@@ -1,0 +1,153 @@
+"""Read Pascal VOC style datasets (the VOCdevkit layout) into a validated `DatasetIndex`.
+
+Layout under `root`: `Annotations/<id>.xml`, `JPEGImages/<file>` (named by the XML's `<filename>`),
+`ImageSets/Main/<split>.txt` (one image id per line).
+
+VOC corners are 1-based and inclusive: a box covering the first pixel column is xmin=1, xmax=1.
+hardmine boxes are 0-based with an exclusive far edge, so (xmin, ymin, xmax, ymax) becomes
+(xmin - 1, ymin - 1, xmax, ymax); the same pixel column is then x in [0, 1).
+"""
+
+from __future__ import annotations
+
+import math
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from hardmine.data.coco import ProblemLog, check_box, stack_boxes
+from hardmine.data.records import Category, DatasetIndex, ImageRecord
+from hardmine.errors import DataError
+
+VOC_CLASSES: tuple[str, ...] = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
+)
+
+
+def _read_split(root: Path, split: str) -> tuple[Path, list[str]]:
+    split_file = root / "ImageSets" / "Main" / f"{split}.txt"
+    if not split_file.is_file():
+        found = sorted(p.stem for p in split_file.parent.glob("*.txt")) if split_file.parent.is_dir() else []
+        hint = f"; splits found: {', '.join(found)}" if found else ""
+        raise DataError(f"{split_file}: split file not found{hint}")
+    # the first token of each line is the id (class-specific split files add a +1/-1 column)
+    ids = [line.split()[0] for line in split_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not ids:
+        raise DataError(f"{split_file}: empty split, no image ids listed")
+    return split_file, ids
+
+
+def _text(node: ET.Element, path: str) -> str | None:
+    found = node.find(path)
+    return found.text.strip() if found is not None and found.text is not None else None
+
+
+def _number(node: ET.Element, path: str) -> float | None:
+    text = _text(node, path)
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _parse_objects(
+    root_node: ET.Element, where: str, width: int, height: int, name_to_label: dict[str, int], log: ProblemLog
+) -> tuple[list, list, list, list]:
+    """Boxes and labels of the objects, then of the `difficult` objects (ignore regions)."""
+    boxes, labels, ignore_boxes, ignore_labels = [], [], [], []
+    for pos, obj in enumerate(root_node.findall("object")):
+        name = _text(obj, "name")
+        at = f"{where}: object {pos} ({name})"
+        if name not in name_to_label:
+            log.add(f"{at}: unknown class name {name!r}; known classes: {', '.join(name_to_label)}")
+            continue
+        corners = [_number(obj, f"bndbox/{k}") for k in ("xmin", "ymin", "xmax", "ymax")]
+        if any(c is None for c in corners):
+            log.add(f"{at}: missing or non-numeric bndbox xmin/ymin/xmax/ymax")
+            continue
+        xmin, ymin, xmax, ymax = corners
+        shown = f"[xmin={xmin:g}, ymin={ymin:g}, xmax={xmax:g}, ymax={ymax:g}]"
+        box, problem = check_box(xmin - 1, ymin - 1, xmax, ymax, width, height, shown)
+        if problem is not None:
+            log.add(f"{at}: {problem}")
+            continue
+        difficult = _text(obj, "difficult") == "1"
+        (ignore_boxes if difficult else boxes).append(box)
+        (ignore_labels if difficult else labels).append(name_to_label[name])
+    return boxes, labels, ignore_boxes, ignore_labels
+
+
+def _size(node: ET.Element, key: str) -> int | None:
+    value = _number(node, f"size/{key}")
+    if value is None or not math.isfinite(value) or value <= 0 or value != int(value):
+        return None
+    return int(value)
+
+
+def _parse_xml(
+    xml_file: Path, image_id: int, name_to_label: dict[str, int], log: ProblemLog
+) -> ImageRecord | None:
+    """One image's record, or None (with the problem logged) when the file is unusable."""
+    where = str(xml_file)
+    if not xml_file.is_file():
+        log.add(f"{where}: annotation file not found")
+        return None
+    try:
+        tree = ET.parse(xml_file)
+    except ET.ParseError as exc:
+        log.add(f"{where}: malformed XML: {exc}")
+        return None
+    node = tree.getroot()
+    width, height = _size(node, "width"), _size(node, "height")
+    if width is None or height is None:
+        log.add(f"{where}: missing or invalid <size> (need positive integer <width> and <height>)")
+        return None
+    file_name = _text(node, "filename") or f"{xml_file.stem}.jpg"
+    boxes, labels, ignore_boxes, ignore_labels = _parse_objects(
+        node, where, width, height, name_to_label, log
+    )
+    return ImageRecord(
+        image_id=image_id,
+        file_name=f"JPEGImages/{file_name}",
+        width=width,
+        height=height,
+        boxes=stack_boxes(boxes),
+        labels=np.array(labels, np.int64),
+        ignore_boxes=stack_boxes(ignore_boxes),
+        ignore_labels=np.array(ignore_labels, np.int64),
+    )
+
+
+def load_voc(root: Path, split: str = "trainval", class_names: Sequence[str] | None = None) -> DatasetIndex:
+    """Read the images listed in `ImageSets/Main/<split>.txt` under a VOCdevkit-style `root`.
+
+    `class_names` (default: the 20 Pascal VOC classes) get category ids and labels 1..C in that
+    order. `difficult=1` objects become ignore regions. Image ids are positions in the split file;
+    file names are relative to `root`. Images without objects are kept. Annotation ids are numbered
+    1, 2, ... over the split (objects, then ignore regions, per image) so the index can be written
+    as COCO.
+    """
+    root = Path(root)
+    names = tuple(VOC_CLASSES if class_names is None else class_names)
+    if not names or len(set(names)) != len(names):
+        raise DataError(f"{root}: class names must be a non-empty list without duplicates, got {list(names)}")
+    name_to_label = {name: i + 1 for i, name in enumerate(names)}
+    split_file, ids = _read_split(root, split)
+    log = ProblemLog(str(split_file))
+    records = []
+    for image_id, stem in enumerate(ids):
+        record = _parse_xml(root / "Annotations" / f"{stem}.xml", image_id, name_to_label, log)
+        if record is not None:
+            records.append(record)
+    log.raise_if_any()
+    next_id = 1
+    for record in records:
+        count = len(record.boxes) + len(record.ignore_boxes)
+        record.annotation_ids = np.arange(next_id, next_id + count, dtype=np.int64)
+        next_id += count
+    categories = [Category(id=label, name=name, label=label) for name, label in name_to_label.items()]
+    return DatasetIndex(records=records, categories=categories, image_root=root, source=split_file)

@@ -1,0 +1,113 @@
+"""End to end: train + evaluate, logs and diagnostics, exact resume, checkpoint reload."""
+
+import csv
+import json
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from hardmine.cli import main
+from hardmine.config import load_config
+from hardmine.engine import trainer
+from hardmine.engine.checkpoint import load_checkpoint
+from hardmine.engine.evaluate import METRIC_KEYS
+from hardmine.errors import TrainingInterrupted
+
+
+def test_train_then_eval_writes_metrics_logs_and_checkpoints(fast_overrides, tmp_path, capsys):
+    cfg = load_config(None, [*fast_overrides, "solver.max_iter=4", "train.checkpoint_period=2"])
+    result = trainer.train(cfg)
+    out = Path(cfg.output_dir)
+    assert result.iterations == 4 and result.metrics is not None
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(METRIC_KEYS) <= set(metrics) and metrics["iterations"] == 4
+    rows = list(csv.DictReader((out / "log.csv").open()))
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
+    for key in ("loss", "lr", "loss_roi_cls", "roi/num_fg", "roi/num_bg", "roi/fg_loss_share", "rpn/num_fg"):
+        assert key in rows[0]
+    assert float(rows[0]["roi/num_fg"]) + float(rows[0]["roi/num_bg"]) <= 2 * 32
+    assert (out / "model_final.pt").is_file() and (out / "config.yaml").is_file()
+    assert any((out / "tensorboard").iterdir())
+
+    # `hardmine eval` on the final checkpoint reproduces the end-of-training metrics.
+    assert main(["eval", str(out / "model_final.pt"), "--out", str(tmp_path / "ev")]) == 0
+    again = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert {k: again[k] for k in METRIC_KEYS} == {k: metrics[k] for k in METRIC_KEYS}
+    assert "AP50" in capsys.readouterr().out
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(fast_overrides, tmp_path, monkeypatch):
+    base = [*fast_overrides, "solver.max_iter=6", "train.checkpoint_period=2", "train.eval_at_end=false"]
+    full = load_config(None, [*base, f"output_dir={tmp_path / 'full'}"])
+    trainer.train(full)
+
+    cut = load_config(None, [*base, f"output_dir={tmp_path / 'cut'}"])
+    real_step = torch.optim.SGD.step
+    calls = {"n": 0}
+
+    def interrupting_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # Ctrl-C during the 3rd iteration: it completes, then the run stops
+            signal.raise_signal(signal.SIGINT)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", interrupting_step)
+    with pytest.raises(TrainingInterrupted, match="stopped by SIGINT after iteration 3"):
+        trainer.train(cut)
+    monkeypatch.setattr(torch.optim.SGD, "step", real_step)
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint_last.pt")["iteration"] == 3
+    trainer.train(cut, resume=True)
+
+    a, b = _weights(tmp_path / "full" / "model_final.pt"), _weights(tmp_path / "cut" / "model_final.pt")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    rows = list(csv.DictReader((tmp_path / "cut" / "log.csv").open()))
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_refuses_a_changed_config(fast_overrides):
+    cfg = load_config(None, [*fast_overrides, "solver.max_iter=2", "train.eval_at_end=false"])
+    trainer.train(cfg)
+    changed = load_config(
+        None, [*fast_overrides, "solver.max_iter=2", "solver.lr=0.5", "train.eval_at_end=false"]
+    )
+    with pytest.raises(Exception, match="solver.lr: checkpoint 0.01, now 0.5"):
+        trainer.train(changed, resume=True)
+
+
+@pytest.mark.parametrize("arch", ["faster_rcnn", "retinanet"])
+def test_checkpoint_reload_gives_identical_predictions(arch, fast_overrides, tmp_path):
+    from hardmine.cli import _load_trained
+    from hardmine.data.sources import resolve_split
+    from hardmine.engine.checkpoint import save_checkpoint
+    from hardmine.engine.inference import predict_dataset
+    from hardmine.models.build import build_model
+
+    cfg = load_config(
+        None,
+        [*fast_overrides, f"model.arch={arch}", "roi_head.score_thresh=0.0", "dense_head.score_thresh=0.0"],
+    )
+    index = resolve_split(cfg.data, "val")
+    torch.manual_seed(0)
+    model = build_model(cfg, index.num_classes)
+    for p in model.parameters():  # move away from the init so every weight matters
+        p.data.add_(torch.randn_like(p) * 0.01)
+    before = predict_dataset(model, index, torch.device("cpu"))
+    categories = [{"id": c.id, "name": c.name, "label": c.label} for c in index.categories]
+    path = save_checkpoint(
+        tmp_path / "m.pt", {"model": model.state_dict(), "config": cfg.to_dict(), "categories": categories}
+    )
+    _, reloaded, _, device = _load_trained(str(path), [])
+    after = predict_dataset(reloaded, index, device)
+    assert before.keys() == after.keys()
+    assert sum(p["boxes"].shape[0] for p in before.values()) > 0
+    for image_id in before:
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(before[image_id][key], after[image_id][key])
