@@ -257,6 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_message(exc: HardmineError) -> str:
+    """The error's own message; for errors re-raised from DataLoader workers, without the traceback."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if last.startswith("hardmine.errors.") else last
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -265,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hardmine: {exc}", file=sys.stderr)
         return 130
     except HardmineError as exc:
-        print(f"hardmine: error: {exc}", file=sys.stderr)
+        print(f"hardmine: error: {_user_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -239,8 +239,10 @@ def load_coco(ann_file: Path, image_root: Path | None = None) -> DatasetIndex:
         raise DataError(f"{ann_file}: expected a JSON object with keys {', '.join(REQUIRED_KEYS)}")
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
-        raise DataError(f"{ann_file}: missing top-level key(s) {', '.join(missing)} (a COCO file needs "
-                        f"{', '.join(REQUIRED_KEYS)})")
+        raise DataError(
+            f"{ann_file}: missing top-level key(s) {', '.join(missing)} (a COCO file needs "
+            f"{', '.join(REQUIRED_KEYS)})"
+        )
     categories = _parse_categories(data["categories"], log)
     records = _parse_images(data["images"], log)
     raw_images = data["images"] if isinstance(data["images"], list) else []
@@ -282,8 +284,14 @@ def _coco_annotation(ann_id: int, image_id: int, category_id: int, box: np.ndarr
     # float64 arithmetic on float32 corners is exact, so x + w reads back as the same float32 x2
     x1, y1, x2, y2 = (float(v) for v in box)
     w, h = x2 - x1, y2 - y1
-    return {"id": int(ann_id), "image_id": int(image_id), "category_id": int(category_id),
-            "bbox": [x1, y1, w, h], "area": w * h, "iscrowd": crowd}
+    return {
+        "id": int(ann_id),
+        "image_id": int(image_id),
+        "category_id": int(category_id),
+        "bbox": [x1, y1, w, h],
+        "area": w * h,
+        "iscrowd": crowd,
+    }
 
 
 def write_coco(index: DatasetIndex, path: Path) -> None:
@@ -294,15 +302,25 @@ def write_coco(index: DatasetIndex, path: Path) -> None:
     label_to_id = index.label_to_category_id()
     images, annotations = [], []
     for record, ann_ids in zip(index.records, _checked_annotation_ids(index)):
-        images.append({"id": int(record.image_id), "file_name": record.file_name,
-                       "width": int(record.width), "height": int(record.height)})
+        images.append(
+            {
+                "id": int(record.image_id),
+                "file_name": record.file_name,
+                "width": int(record.width),
+                "height": int(record.height),
+            }
+        )
         pairs = [(b, lab, 0) for b, lab in zip(record.boxes, record.labels)]
         pairs += [(b, lab, 1) for b, lab in zip(record.ignore_boxes, record.ignore_labels)]
         for ann_id, (box, label, crowd) in zip(ann_ids, pairs):
             annotations.append(_coco_annotation(ann_id, record.image_id, label_to_id[int(label)], box, crowd))
     categories = [{"id": c.id, "name": c.name} for c in sorted(index.categories, key=lambda c: c.id)]
-    data = {"info": {"description": "written by hardmine"}, "images": images,
-            "annotations": annotations, "categories": categories}
+    data = {
+        "info": {"description": "written by hardmine"},
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, separators=(",", ":")) + "\n", encoding="utf-8")

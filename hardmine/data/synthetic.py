@@ -32,7 +32,11 @@ from hardmine.data.records import Category, DatasetIndex, ImageRecord
 
 #: Class names; class k (label k + 1) is shape CLASS_SHAPES[k] in hue CLASS_HUES[k] (degrees).
 SYNTH_CLASSES: tuple[str, ...] = (
-    "red_circle", "green_triangle", "blue_square", "yellow_star", "magenta_cross",
+    "red_circle",
+    "green_triangle",
+    "blue_square",
+    "yellow_star",
+    "magenta_cross",
 )
 CLASS_SHAPES = ("circle", "triangle", "square", "star", "cross")
 CLASS_HUES = (0.0, 120.0, 230.0, 55.0, 300.0)
@@ -53,8 +57,20 @@ IGNORE_MIN_VISIBLE = 0.2
 
 #: scikit-image photographs that ship inside the package (no download).
 BACKGROUND_IMAGES = (
-    "astronaut", "coffee", "chelsea", "rocket", "camera", "brick", "grass", "gravel",
-    "hubble_deep_field", "immunohistochemistry", "coins", "moon", "retina", "cell",
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "camera",
+    "brick",
+    "grass",
+    "gravel",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "coins",
+    "moon",
+    "retina",
+    "cell",
 )
 MAX_BACKGROUND_SIDE = 640  # larger photographs are shrunk once, so that crops resize quickly
 SPLITS = ("train", "val")
@@ -84,7 +100,7 @@ def _noise_tile() -> np.ndarray:
 def _noise(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     tile = _noise_tile()
     y, x = (int(v) for v in rng.integers(0, tile.shape[0] - max(height, width), 2))
-    return tile[y:y + height, x:x + width]
+    return tile[y : y + height, x : x + width]
 
 
 @cache
@@ -152,8 +168,20 @@ def _outline(shape: str, r: float, rng: np.random.Generator) -> list[tuple[float
         points = _regular_polygon(5, r, inner=0.45)
     elif shape == "cross":
         a = 0.32 * r  # half the arm width
-        points = [(r, a), (a, a), (a, r), (-a, r), (-a, a), (-r, a),
-                  (-r, -a), (-a, -a), (-a, -r), (a, -r), (a, -a), (r, -a)]
+        points = [
+            (r, a),
+            (a, a),
+            (a, r),
+            (-a, r),
+            (-a, a),
+            (-r, a),
+            (-r, -a),
+            (-a, -a),
+            (-a, -r),
+            (a, -r),
+            (a, -a),
+            (r, -a),
+        ]
     elif shape == "bar":
         b = r * rng.uniform(0.15, 0.3)
         points = [(r, b), (-r, b), (-r, -b), (r, -b)]
@@ -282,13 +310,15 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
     scale = rng.uniform(0.3, 1.0) * min(ph / height, pw / width)
     ch, cw = max(int(height * scale), 16), max(int(width * scale), 16)
     y0, x0 = int(rng.integers(0, ph - ch + 1)), int(rng.integers(0, pw - cw + 1))
-    crop = Image.fromarray(photo[y0:y0 + ch, x0:x0 + cw]).resize((width, height), Image.Resampling.BILINEAR)
+    crop = Image.fromarray(photo[y0 : y0 + ch, x0 : x0 + cw]).resize(
+        (width, height), Image.Resampling.BILINEAR
+    )
     if rng.random() < 0.5:
         crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     pixels = np.asarray(crop, np.float32) / np.float32(255.0)
     matrix, offset = _colour_jitter(rng, pixels.mean(axis=(0, 1)))
     # three broadcast multiply-adds rather than a matmul: BLAS threads would fight the worker processes
-    image = offset + sum(pixels[..., c:c + 1] * matrix[:, c] for c in range(3))
+    image = offset + sum(pixels[..., c : c + 1] * matrix[:, c] for c in range(3))
     coarse = rng.normal(0.5, rng.uniform(0.02, 0.08), (height // 32 + 2, width // 32 + 2, 3))
     low = Image.fromarray((coarse * 255).clip(0, 255).astype(np.uint8))
     image += np.asarray(low.resize((width, height), Image.Resampling.BICUBIC), np.float32) / np.float32(255.0)
@@ -303,7 +333,7 @@ def _paste(canvas: np.ndarray, owner: np.ndarray, item: _Item, item_id: int) -> 
     x0, y0, x1, y1 = max(item.x, 0), max(item.y, 0), min(item.x + w, width), min(item.y + h, height)
     if x0 >= x1 or y0 >= y1:
         return
-    local = np.s_[y0 - item.y:y1 - item.y, x0 - item.x:x1 - item.x]
+    local = np.s_[y0 - item.y : y1 - item.y, x0 - item.x : x1 - item.x]
     mask = item.mask[local]
     region = canvas[y0:y1, x0:x1]
     region += (mask * item.opacity)[..., None] * (item.fill[local] - region)
@@ -331,7 +361,7 @@ def _visible_box(item: _Item, owner: np.ndarray, item_id: int) -> tuple[np.ndarr
     """Tight box around the item's pixels still on top, and their fraction of the item's whole mask."""
     h, w = item.mask.shape
     x0, y0 = max(item.x, 0), max(item.y, 0)
-    ys, xs = np.nonzero(owner[y0:item.y + h, x0:item.x + w] == item_id)
+    ys, xs = np.nonzero(owner[y0 : item.y + h, x0 : item.x + w] == item_id)
     if not len(xs):
         return None, 0.0
     visible = len(xs) / int((item.mask > 0.5).sum())

@@ -110,9 +110,16 @@ def test_round_trip_is_exact_for_arbitrary_float_boxes(tmp_path: Path) -> None:
 
 def test_write_numbers_annotations_when_records_have_no_ids(tmp_path: Path) -> None:
     records = [
-        ImageRecord(i, f"{i}.png", 50, 50, boxes=np.array([[1, 1, 5, 5], [2, 2, 9, 9]], np.float32),
-                    labels=np.array([1, 2]), ignore_boxes=np.array([[0, 0, 3, 3]], np.float32),
-                    ignore_labels=np.array([2]))
+        ImageRecord(
+            i,
+            f"{i}.png",
+            50,
+            50,
+            boxes=np.array([[1, 1, 5, 5], [2, 2, 9, 9]], np.float32),
+            labels=np.array([1, 2]),
+            ignore_boxes=np.array([[0, 0, 3, 3]], np.float32),
+            ignore_labels=np.array([2]),
+        )
         for i in range(3)
     ]
     categories = [Category(1, "a", 1), Category(2, "b", 2)]
@@ -151,27 +158,34 @@ def _append(key: str, item: dict) -> Mutation:
 INVALID_CASES = {
     "missing top-level key": (_delete(("categories",)), ["missing top-level key(s) categories"]),
     "duplicate image id": (
-        _set(("images", 1, "id"), 10), ["image id 10: duplicate id (images[0] and images[1])"]
+        _set(("images", 1, "id"), 10),
+        ["image id 10: duplicate id (images[0] and images[1])"],
     ),
     "duplicate annotation id": (_set(("annotations", 1, "id"), 1), ["annotation id 1: duplicate id"]),
     "duplicate category id": (
-        _append("categories", {"id": 7, "name": "again"}), ["category id 7: duplicate id"]
+        _append("categories", {"id": 7, "name": "again"}),
+        ["category id 7: duplicate id"],
     ),
     "unknown image id": (
-        _set(("annotations", 0, "image_id"), 99), ["annotation id 1 (image id 99): unknown image id 99"]
+        _set(("annotations", 0, "image_id"), 99),
+        ["annotation id 1 (image id 99): unknown image id 99"],
     ),
     "unknown category id": (
-        _set(("annotations", 1, "category_id"), 5), ["annotation id 2 (image id 10): unknown category id 5"]
+        _set(("annotations", 1, "category_id"), 5),
+        ["annotation id 2 (image id 10): unknown category id 5"],
     ),
     "zero width box": (
-        _set(("annotations", 0, "bbox"), [10, 20, 0, 40]), ["annotation id 1 (image id 10)", "zero"]
+        _set(("annotations", 0, "bbox"), [10, 20, 0, 40]),
+        ["annotation id 1 (image id 10)", "zero"],
     ),
     "negative height box": (
-        _set(("annotations", 0, "bbox"), [10, 20, 5, -4]), ["annotation id 1", "negative size"]
+        _set(("annotations", 0, "bbox"), [10, 20, 5, -4]),
+        ["annotation id 1", "negative size"],
     ),
     "nan box": (_set(("annotations", 0, "bbox"), [math.nan, 20, 5, 4]), ["annotation id 1", "non-finite"]),
     "inf box": (
-        _set(("annotations", 2, "bbox"), [1, 2, math.inf, 4]), ["annotation id 7 (image id 12)", "non-finite"]
+        _set(("annotations", 2, "bbox"), [1, 2, math.inf, 4]),
+        ["annotation id 7 (image id 12)", "non-finite"],
     ),
     "box outside image": (
         _set(("annotations", 0, "bbox"), [300, 20, 30, 40]),
@@ -182,14 +196,13 @@ INVALID_CASES = {
     "missing width": (_delete(("images", 0, "width")), ["image id 10 (a.png): missing 'width'"]),
     "missing height": (_delete(("images", 2, "height")), ["image id 12 (c.png): missing 'height'"]),
     "non-integer width": (
-        _set(("images", 0, "width"), 10.5), ["image id 10 (a.png): 'width' must be a positive integer"]
+        _set(("images", 0, "width"), 10.5),
+        ["image id 10 (a.png): 'width' must be a positive integer"],
     ),
     "empty dataset": (lambda d: d.update(images=[], annotations=[]), ["empty dataset: no images"]),
     "no categories": (lambda d: d.update(categories=[], annotations=[]), ["no categories"]),
     "image without id": (_delete(("images", 1, "id")), ["images[1]: missing or non-integer 'id'"]),
-    "bad iscrowd": (
-        _set(("annotations", 0, "iscrowd"), 2), ["annotation id 1", "'iscrowd' must be 0 or 1"]
-    ),
+    "bad iscrowd": (_set(("annotations", 0, "iscrowd"), 2), ["annotation id 1", "'iscrowd' must be 0 or 1"]),
 }
 
 

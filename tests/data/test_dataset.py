@@ -27,8 +27,14 @@ def record(image_id: int, file_name: str, boxes: list | tuple = (), ignore: list
     boxes_arr = np.array(boxes, np.float32).reshape(-1, 4)
     ignore_arr = np.array(ignore, np.float32).reshape(-1, 4)
     return ImageRecord(
-        image_id, file_name, W, H, boxes=boxes_arr, labels=np.arange(1, len(boxes_arr) + 1, dtype=np.int64),
-        ignore_boxes=ignore_arr, ignore_labels=np.ones(len(ignore_arr), np.int64),
+        image_id,
+        file_name,
+        W,
+        H,
+        boxes=boxes_arr,
+        labels=np.arange(1, len(boxes_arr) + 1, dtype=np.int64),
+        ignore_boxes=ignore_arr,
+        ignore_labels=np.ones(len(ignore_arr), np.int64),
     )
 
 

@@ -15,11 +15,15 @@ from .test_voc import default_files, make_voc
 
 def test_json_file_is_read_as_coco(tmp_path: Path) -> None:
     path = tmp_path / "ann.json"
-    path.write_text(json.dumps({
-        "images": [{"id": 1, "file_name": "a.png", "width": 10, "height": 10}],
-        "annotations": [],
-        "categories": [{"id": 1, "name": "x"}],
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "a.png", "width": 10, "height": 10}],
+                "annotations": [],
+                "categories": [{"id": 1, "name": "x"}],
+            }
+        )
+    )
     index = load_dataset(str(path), image_root=str(tmp_path / "imgs"))
     assert index.image_root == tmp_path / "imgs" and index.class_names() == ["x"]
 

@@ -20,7 +20,9 @@ def voc_xml(filename: str | None, size: tuple[int, int] | None, objects: list[tu
         parts.append(f"<size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>")
     for name, difficult, *box in objects:
         corners = "".join(f"<{k}>{v}</{k}>" for k, v in zip(("xmin", "ymin", "xmax", "ymax"), box))
-        parts.append(f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox>{corners}</bndbox></object>")
+        parts.append(
+            f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox>{corners}</bndbox></object>"
+        )
     return "\n".join(parts + ["</annotation>"])
 
 
@@ -92,7 +94,8 @@ BAD_FILES = {
     "malformed xml": ("<annotation><size></annotation>", ["a.xml: malformed XML", "line 1"]),
     "missing size": (voc_xml("a.jpg", None, []), ["a.xml: missing or invalid <size>"]),
     "zero size box": (
-        voc_xml("a.jpg", (100, 100), [("dog", 0, 10, 10, 9, 20)]), ["a.xml: object 0 (dog)", "zero"]
+        voc_xml("a.jpg", (100, 100), [("dog", 0, 10, 10, 9, 20)]),
+        ["a.xml: object 0 (dog)", "zero"],
     ),
     "box outside": (
         voc_xml("a.jpg", (100, 80), [("cat", 0, 5, 5, 103, 20)]),

@@ -111,3 +111,19 @@ def test_checkpoint_reload_gives_identical_predictions(arch, fast_overrides, tmp
     for image_id in before:
         for key in ("boxes", "scores", "labels"):
             assert torch.equal(before[image_id][key], after[image_id][key])
+
+
+def test_bf16_autocast_on_cpu_and_fp16_refused(fast_overrides):
+    cfg = load_config(
+        None, [*fast_overrides, "solver.max_iter=2", "solver.amp=bf16", "train.eval_at_end=false"]
+    )
+    result = trainer.train(cfg)
+    assert result.iterations == 2 and result.skipped_steps == 0
+    rows = list(csv.DictReader((Path(cfg.output_dir) / "log.csv").open()))
+    assert all(torch.isfinite(torch.tensor(float(r["loss"]))) for r in rows)
+    if not torch.cuda.is_available():
+        fp16 = load_config(
+            None, [*fast_overrides, "solver.max_iter=1", "solver.amp=fp16", "train.device=cpu"]
+        )
+        with pytest.raises(Exception, match="fp16 needs a CUDA device"):
+            trainer.train(fp16)
