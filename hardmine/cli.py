@@ -71,7 +71,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _check_categories(payload, index, args.checkpoint)
     proposals = load_split_proposals(cfg, "val", index)
     metrics = evaluate_model(model, cfg, index, device, proposals=proposals)
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
     path = write_metrics_json(
         out / "metrics.json",
         metrics,
@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("checkpoint")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    p.add_argument("--out", help="folder for metrics.json (default: the checkpoint's folder)")
+    p.add_argument("--out", help="folder for metrics.json (default: CHECKPOINT_FOLDER/eval)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(

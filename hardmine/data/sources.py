@@ -8,7 +8,7 @@ from pathlib import Path
 from hardmine.config import DataConfig
 from hardmine.data.loading import load_dataset
 from hardmine.data.records import DatasetIndex
-from hardmine.data.synthetic import generate_synthetic
+from hardmine.data.synthetic import GENERATOR_VERSION, generate_synthetic
 from hardmine.errors import DataError
 
 _MARKER = "hardmine-synth.json"
@@ -17,7 +17,12 @@ _MARKER = "hardmine-synth.json"
 def ensure_builtin(data: DataConfig) -> Path:
     """Generate the built-in dataset into `data.synth_dir` unless it is already there, same settings."""
     root = Path(data.synth_dir)
-    wanted = {"seed": data.synth_seed, "train": data.synth_train, "val": data.synth_val}
+    wanted = {
+        "generator": GENERATOR_VERSION,
+        "seed": data.synth_seed,
+        "train": data.synth_train,
+        "val": data.synth_val,
+    }
     marker = root / _MARKER
     if marker.is_file() and (root / "train.json").is_file() and (root / "val.json").is_file():
         try:

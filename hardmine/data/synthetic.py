@@ -31,6 +31,9 @@ from hardmine.data.coco import write_coco
 from hardmine.data.records import Category, DatasetIndex, ImageRecord
 
 #: Class names; class k (label k + 1) is shape CLASS_SHAPES[k] in hue CLASS_HUES[k] (degrees).
+#: Bump when the generator's output changes, so cached copies of the built-in dataset are rebuilt.
+GENERATOR_VERSION = 1
+
 SYNTH_CLASSES: tuple[str, ...] = (
     "red_circle",
     "green_triangle",

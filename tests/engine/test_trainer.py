@@ -127,3 +127,23 @@ def test_bf16_autocast_on_cpu_and_fp16_refused(fast_overrides):
         )
         with pytest.raises(Exception, match="fp16 needs a CUDA device"):
             trainer.train(fp16)
+
+
+@pytest.mark.parametrize("arch", ["faster_rcnn", "retinanet"])
+def test_one_training_step_of_each_detector_changes_the_weights(arch, fast_overrides):
+    cfg = load_config(
+        None, [*fast_overrides, f"model.arch={arch}", "solver.max_iter=1", "train.eval_at_end=false"]
+    )
+    trainer.train(cfg)
+    trained = _weights(Path(cfg.output_dir) / "model_final.pt")
+    from hardmine.models.build import build_model
+
+    torch.manual_seed(cfg.train.seed)
+    initial = build_model(cfg, 5).state_dict()
+    changed = [
+        k for k in initial if initial[k].is_floating_point() and not torch.equal(initial[k], trained[k])
+    ]
+    assert any(k.startswith("backbone.") for k in changed)
+    heads = ("roi_head.", "rpn.") if arch == "faster_rcnn" else ("head.",)
+    for prefix in heads:
+        assert any(k.startswith(prefix) for k in changed), prefix
