@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ def run_row(name: str, seeds: list[int], iters: int, out: Path, extra: list[str]
     preset, overrides = ROWS[name]
     runs = []
     for seed in seeds:
-        run_dir = out / name.split()[0] / f"{'-'.join(name.split()[1:]) or 'row'}-seed{seed}"
+        run_dir = out / f"{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}-seed{seed}"
         cfg = load_config(
             CONFIGS / preset,
             [

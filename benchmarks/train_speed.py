@@ -109,10 +109,13 @@ def main() -> None:
     ratios, ours_ips, theirs_ips = [], [], []
     images_per_round = iters * args.batch_size
     for r in range(rounds):
-        torch.manual_seed(r)
-        t_ours = time_iterations(ours, batches, device)
-        torch.manual_seed(r)
-        t_theirs = time_iterations(theirs, batches, device)
+        # A B, then B A: whichever runs first in a round does not bias the ratio.
+        order = (("ours", ours), ("theirs", theirs)) if r % 2 == 0 else (("theirs", theirs), ("ours", ours))
+        seconds = {}
+        for name, model in order:
+            torch.manual_seed(r)
+            seconds[name] = time_iterations(model, batches, device)
+        t_ours, t_theirs = seconds["ours"], seconds["theirs"]
         ours_ips.append(images_per_round / t_ours)
         theirs_ips.append(images_per_round / t_theirs)
         ratios.append(t_theirs / t_ours)

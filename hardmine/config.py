@@ -122,6 +122,7 @@ class DataConfig:
     image_root: str = opt("", "folder the COCO file_name entries are relative to; '' = the JSON's folder")
     train_split: str = opt("trainval", "VOC: ImageSets/Main split used for training")
     val_split: str = opt("test", "VOC: ImageSets/Main split used for evaluation")
+    class_names: list[str] = opt([], "VOC: class names, in label order; [] = the 20 Pascal VOC classes")
     synth_dir: str = opt("data/synth", "where the built-in dataset is generated (once, reused)")
     synth_seed: int = opt(0, "seed of the built-in dataset")
     synth_train: int = opt(300, "training images of the built-in dataset")

@@ -43,7 +43,9 @@ def resolve_split(data: DataConfig, split: str) -> DatasetIndex:
             raise DataError(f"data.{split} is empty while data.train/data.val name a dataset; set both")
         return load_dataset(ensure_builtin(data) / f"{split}.json")
     voc_split = data.train_split if split == "train" else data.val_split
-    return load_dataset(path, image_root=data.image_root or None, split=voc_split)
+    return load_dataset(
+        path, image_root=data.image_root or None, split=voc_split, class_names=data.class_names or None
+    )
 
 
 def check_same_categories(train: DatasetIndex, val: DatasetIndex) -> None:

@@ -24,9 +24,9 @@ from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.retinanet import RetinaNetClassificationHead, RetinaNetRegressionHead
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-from hardmine.models.matching import match_boxes, sample_weights
+from hardmine.models.matching import candidates_from_matches, match_boxes, sample_weights
 from hardmine.models.stats import sampling_stats
-from hardmine.sampling.base import Candidates, IoUThresholds, Sampler
+from hardmine.sampling.base import IoUThresholds, Sampler
 from hardmine.sampling.none import NoSampler
 
 #: (logits [K, C], one-hot targets [K, C], alpha, gamma) -> elementwise loss [K, C].
@@ -159,13 +159,7 @@ class DenseHead(nn.Module):
             match_boxes(a, t["boxes"], t["labels"], t.get("ignore_boxes"), low_quality_min_iou=min_iou)
             for a, t in zip(anchors, targets)
         ]
-        candidates = Candidates(
-            ious=[m.ious for m in matches],
-            gt_labels=[m.gt_labels for m in matches],
-            boxes=anchors,
-            ignore=[m.ignore for m in matches],
-            force_fg=[m.force_fg for m in matches],
-        )
+        candidates = candidates_from_matches(matches, anchors)
         # Flat [N * A] views: anchor j of image i is row i * A + j.
         flat_logits = cls_logits.reshape(-1, num_classes)
         flat_deltas = deltas.reshape(-1, 4)

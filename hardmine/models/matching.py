@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_area, box_iou
 
-from hardmine.sampling.base import SampleResult
+from hardmine.sampling.base import Candidates, SampleResult
 
 #: A candidate whose area lies more than this fraction inside an ignore region is never background.
 IGNORE_IOF = 0.5
@@ -79,6 +79,17 @@ def match_boxes(
     else:
         ignore = torch.zeros(n, device=device, dtype=torch.bool)
     return Match(ious=ious, matched=matched, gt_labels=labels, ignore=ignore, force_fg=force_fg)
+
+
+def candidates_from_matches(matches: list[Match], boxes: list[Tensor]) -> Candidates:
+    """The sampler's view of one batch: per image, the candidates' matches and boxes."""
+    return Candidates(
+        ious=[m.ious for m in matches],
+        gt_labels=[m.gt_labels for m in matches],
+        boxes=boxes,
+        ignore=[m.ignore for m in matches],
+        force_fg=[m.force_fg for m in matches],
+    )
 
 
 def matched_boxes(match: Match, gt_boxes: Tensor, indices: Tensor | None = None) -> Tensor:

@@ -22,9 +22,15 @@ from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import MultiScaleRoIAlign, batched_nms, clip_boxes_to_image, remove_small_boxes
 
 from hardmine.losses.per_sample import CLS_LOSSES, REG_LOSSES
-from hardmine.models.matching import Match, match_boxes, matched_boxes, sample_weights
+from hardmine.models.matching import (
+    Match,
+    candidates_from_matches,
+    match_boxes,
+    matched_boxes,
+    sample_weights,
+)
 from hardmine.models.stats import sampling_stats
-from hardmine.sampling.base import Candidates, Sampler
+from hardmine.sampling.base import Sampler
 
 
 class RoIHead(nn.Module):
@@ -117,12 +123,7 @@ class RoIHead(nn.Module):
         matches = [
             match_boxes(p, t["boxes"], t["labels"], t.get("ignore_boxes")) for p, t in zip(proposals, targets)
         ]
-        candidates = Candidates(
-            ious=[m.ious for m in matches],
-            gt_labels=[m.gt_labels for m in matches],
-            boxes=proposals,
-            ignore=[m.ignore for m in matches],
-        )
+        candidates = candidates_from_matches(matches, proposals)
 
         def score_fn(assigned: list[Tensor]) -> list[Tensor]:
             """Per-candidate cls + box loss over all candidates, without autograd."""

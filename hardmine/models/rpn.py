@@ -16,9 +16,9 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers
 
-from hardmine.models.matching import match_boxes, matched_boxes, sample_weights
+from hardmine.models.matching import candidates_from_matches, match_boxes, matched_boxes, sample_weights
 from hardmine.models.stats import sampling_stats
-from hardmine.sampling.base import Candidates, Sampler, SampleResult
+from hardmine.sampling.base import Sampler, SampleResult
 
 
 class RPN(RegionProposalNetwork):
@@ -91,13 +91,7 @@ class RPN(RegionProposalNetwork):
                     low_quality_min_iou=0.0,
                 )
             )
-        candidates = Candidates(
-            ious=[m.ious for m in matches],
-            gt_labels=[m.gt_labels for m in matches],
-            boxes=anchors,
-            ignore=[m.ignore for m in matches],
-            force_fg=[m.force_fg for m in matches],
-        )
+        candidates = candidates_from_matches(matches, anchors)
         per_image = anchors[0].shape[0]
         logits = objectness.view(len(anchors), per_image)
         deltas = deltas.view(len(anchors), per_image, 4)
