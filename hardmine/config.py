@@ -109,6 +109,11 @@ class DenseHeadConfig:
     smooth_l1_beta: float = opt(1.0 / 9, "beta of the smooth L1 box loss")
     prior_prob: float = opt(0.01, "initial foreground probability of the classification bias")
     num_convs: int = opt(4, "conv layers in each head tower")
+    head_norm: str = opt(
+        "group",
+        "normalisation in the head towers: GroupNorm (trains much faster from scratch) or none",
+        ("group", "none"),
+    )
     score_thresh: float = opt(0.05, "drop detections scoring below this")
     nms_thresh: float = opt(0.5, "per-class NMS IoU threshold at inference")
     detections_per_img: int = opt(100, "detections kept per image")

@@ -66,6 +66,7 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
             smooth_l1_beta=d.smooth_l1_beta,
             prior_prob=d.prior_prob,
             num_convs=d.num_convs,
+            head_norm=d.head_norm,
         )
         return RetinaNet(
             backbone,

@@ -16,6 +16,7 @@ The conv towers are torchvision's `RetinaNetClassificationHead` / `RetinaNetRegr
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +97,7 @@ class DenseHead(nn.Module):
         smooth_l1_beta: float = 1.0 / 9,
         prior_prob: float = 0.01,
         num_convs: int = 4,
+        head_norm: str = "group",
         low_quality_matches: bool = True,
         box_coder_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
     ) -> None:
@@ -104,12 +106,17 @@ class DenseHead(nn.Module):
             raise ValueError(f"unknown cls_loss {cls_loss!r}; choose from {sorted(CLS_LOSSES)}")
         if reg_loss not in REG_LOSSES:
             raise ValueError(f"unknown reg_loss {reg_loss!r}; choose from {sorted(REG_LOSSES)}")
+        if head_norm not in ("group", "none"):
+            raise ValueError(f"head_norm must be 'group' or 'none', got {head_norm!r}")
         if not 0 <= num_convs <= 4:
             raise ValueError(f"num_convs must be in [0, 4], got {num_convs}")
         if not 0.0 < prior_prob < 1.0:
             raise ValueError(f"prior_prob must be in (0, 1), got {prior_prob}")
-        self.classification = RetinaNetClassificationHead(in_channels, num_anchors, num_classes, prior_prob)
-        self.regression = RetinaNetRegressionHead(in_channels, num_anchors)
+        norm = partial(nn.GroupNorm, min(32, in_channels // 4)) if head_norm == "group" else None
+        self.classification = RetinaNetClassificationHead(
+            in_channels, num_anchors, num_classes, prior_prob, norm_layer=norm
+        )
+        self.regression = RetinaNetRegressionHead(in_channels, num_anchors, norm_layer=norm)
         # torchvision's towers have 4 convs; a shorter tower keeps the first `num_convs`.
         self.classification.conv = self.classification.conv[:num_convs]
         self.regression.conv = self.regression.conv[:num_convs]
