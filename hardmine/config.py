@@ -169,7 +169,11 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     batch_size: int = opt(4, "images per inference batch")
-    metric: str = opt("coco", "metric set: COCO AP or VOC07 + area AP (or both)", ("coco", "voc", "both"))
+    metric: str = opt(
+        "auto",
+        "COCO AP, VOC07 11-point + area AP, or both; auto = COCO, plus VOC for VOC data",
+        ("auto", "coco", "voc", "both"),
+    )
 
 
 @dataclass

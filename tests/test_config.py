@@ -88,3 +88,13 @@ def test_help_lists_every_option():
     text = describe_options()
     for key in ("model.arch", "roi_head.sampler", "rpn.fg_iou", "solver.warmup_iters", "output_dir"):
         assert key in text
+
+
+def test_choices_match_the_implementations():
+    from hardmine import config
+    from hardmine.models import dense_head
+    from hardmine.models.backbones import BACKBONES
+
+    assert set(config.BACKBONE_NAMES) == set(BACKBONES)
+    assert set(config.DENSE_CLS_LOSSES) == set(dense_head.CLS_LOSSES)
+    assert set(config.DENSE_REG_LOSSES) == set(dense_head.REG_LOSSES)

@@ -188,10 +188,20 @@ def evaluate_model(
         num_workers=cfg.data.num_workers,
         proposals=proposals,
     )
+    return compute_metrics(cfg, index, predictions)
+
+
+def compute_metrics(
+    cfg: Config, index: DatasetIndex, predictions: dict[int, dict[str, Tensor]]
+) -> dict[str, float]:
+    """The metric set `cfg.eval.metric` asks for (auto: COCO, plus VOC metrics for VOC data)."""
+    metric = cfg.eval.metric
+    if metric == "auto":
+        metric = "coco" if index.source.suffix == ".json" else "both"  # VOC: the split file
     metrics: dict[str, float] = {}
-    if cfg.eval.metric in ("coco", "both"):
+    if metric in ("coco", "both"):
         metrics.update(coco_metrics(index, predictions))
-    if cfg.eval.metric in ("voc", "both"):
+    if metric in ("voc", "both"):
         metrics.update(voc_metrics(index, predictions))
     return metrics
 

@@ -147,3 +147,25 @@ def test_one_training_step_of_each_detector_changes_the_weights(arch, fast_overr
     heads = ("roi_head.", "rpn.") if arch == "faster_rcnn" else ("head.",)
     for prefix in heads:
         assert any(k.startswith(prefix) for k in changed), prefix
+
+
+def test_voc_data_gets_voc_metrics_too(tmp_path):
+    from hardmine.data.records import Category, DatasetIndex, ImageRecord
+
+    record = ImageRecord(image_id=0, file_name="a.png", width=10, height=10)
+    categories = [Category(id=1, name="a", label=1)]
+    cfg = load_config(None, [])
+    for source, expect_voc in ((tmp_path / "x.json", False), (tmp_path / "ImageSets/Main/val.txt", True)):
+        index = DatasetIndex([record], categories, tmp_path, source)
+        metrics = trainer.compute_metrics(
+            cfg,
+            index,
+            {
+                0: {
+                    "boxes": torch.zeros(0, 4),
+                    "scores": torch.zeros(0),
+                    "labels": torch.zeros(0, dtype=torch.long),
+                }
+            },
+        )
+        assert ("VOC07_mAP" in metrics) is expect_voc and "AP" in metrics
