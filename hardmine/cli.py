@@ -83,7 +83,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from hardmine.data.records import Category, DatasetIndex
+    from hardmine.data.records import Category
     from hardmine.data.sources import resolve_split
     from hardmine.engine.evaluate import write_coco_results
     from hardmine.engine.inference import predict_dataset
@@ -106,7 +106,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_path = write_coco_results(out / "results.json", index, predictions)
-    names = DatasetIndex.class_names(index)
+    names = index.class_names()
     drawn = 0
     for record in index.records[: args.max_images]:
         pred = predictions[record.image_id]
