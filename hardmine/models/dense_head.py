@@ -30,7 +30,7 @@ from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from hardmine.models.matching import candidates_from_matches, match_boxes, sample_weights
 from hardmine.models.stats import sampling_stats
-from hardmine.sampling.base import IoUThresholds, Sampler
+from hardmine.sampling.base import CandidateLosses, IoUThresholds, Sampler
 from hardmine.sampling.none import NoSampler
 
 #: (logits [K, C], one-hot targets [K, C], alpha, gamma) -> elementwise loss [K, C].
@@ -181,13 +181,13 @@ class DenseHead(nn.Module):
             ]
         )
 
-        def score_fn(assigned: list[Tensor]) -> list[Tensor]:
-            """Per-anchor cls + box loss of every anchor, without autograd (ignored ones scored as bg)."""
+        def score_fn(assigned: list[Tensor]) -> list[CandidateLosses]:
+            """Per-anchor cls and box loss of every anchor, without autograd (ignored ones scored as bg)."""
             with torch.no_grad():
                 labels = torch.cat(assigned).clamp(min=0)
                 cls, reg = self._per_sample_losses(flat_logits, flat_deltas, labels, flat_gt, flat_anchors)
-                loss = cls.index_add(0, torch.nonzero(labels > 0).flatten(), reg)
-                return list(loss.split(num_anchors))
+                box = torch.zeros_like(cls).index_put((torch.nonzero(labels > 0).flatten(),), reg)
+                return [CandidateLosses(c, b) for c, b in zip(cls.split(num_anchors), box.split(num_anchors))]
 
         results = self.sampler(candidates, score_fn if self.sampler.needs_scores else None)
         idx = torch.cat([r.indices + i * num_anchors for i, r in enumerate(results)])

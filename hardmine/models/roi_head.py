@@ -30,7 +30,7 @@ from hardmine.models.matching import (
     sample_weights,
 )
 from hardmine.models.stats import sampling_stats
-from hardmine.sampling.base import Sampler
+from hardmine.sampling.base import CandidateLosses, Sampler
 
 
 class RoIHead(nn.Module):
@@ -125,8 +125,8 @@ class RoIHead(nn.Module):
         ]
         candidates = candidates_from_matches(matches, proposals)
 
-        def score_fn(assigned: list[Tensor]) -> list[Tensor]:
-            """Per-candidate cls + box loss over all candidates, without autograd."""
+        def score_fn(assigned: list[Tensor]) -> list[CandidateLosses]:
+            """Per-candidate cls and box loss over all candidates, without autograd."""
             with torch.no_grad():
                 logits, deltas = self.predict(features, proposals, image_shapes)
                 labels = torch.cat(assigned).clamp(min=0)
@@ -134,7 +134,8 @@ class RoIHead(nn.Module):
                     [self._regression_targets(m, t, p) for m, t, p in zip(matches, targets, proposals)]
                 )
                 cls, reg = self._per_sample_losses(logits, deltas, labels, reg_targets)
-                return list((cls + reg).split([p.shape[0] for p in proposals]))
+                sizes = [p.shape[0] for p in proposals]
+                return [CandidateLosses(c, r) for c, r in zip(cls.split(sizes), reg.split(sizes))]
 
         results = self.sampler(candidates, score_fn if self.sampler.needs_scores else None)
         boxes = [p[r.indices] for p, r in zip(proposals, results)]

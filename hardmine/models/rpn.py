@@ -18,7 +18,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, con
 
 from hardmine.models.matching import candidates_from_matches, match_boxes, matched_boxes, sample_weights
 from hardmine.models.stats import sampling_stats
-from hardmine.sampling.base import Sampler, SampleResult
+from hardmine.sampling.base import CandidateLosses, Sampler, SampleResult
 
 
 class RPN(RegionProposalNetwork):
@@ -100,26 +100,30 @@ class RPN(RegionProposalNetwork):
             gt = matched_boxes(matches[i], targets[i]["boxes"], idx)
             return self.box_coder.encode_single(gt, anchors[i][idx])
 
-        def score_fn(assigned: list[Tensor]) -> list[Tensor]:
+        def score_fn(assigned: list[Tensor]) -> list[CandidateLosses]:
+            """Per-anchor objectness and box loss of every anchor, without autograd."""
             with torch.no_grad():
                 scores = []
                 for i, labels in enumerate(assigned):
-                    loss = F.binary_cross_entropy_with_logits(
+                    cls = F.binary_cross_entropy_with_logits(
                         logits[i], (labels > 0).to(logits.dtype), reduction="none"
                     )
+                    box = torch.zeros_like(cls)
                     fg = torch.nonzero(labels > 0).flatten()
                     if fg.numel():
-                        box = F.smooth_l1_loss(
+                        fg_box = F.smooth_l1_loss(
                             deltas[i, fg],
                             regression_targets(i, fg),
                             beta=self.smooth_l1_beta,
                             reduction="none",
                         ).sum(dim=1)
-                        loss = loss.index_add(0, fg, box.to(loss.dtype))
-                    scores.append(loss)
+                        box = box.index_put((fg,), fg_box.to(box.dtype))
+                    scores.append(CandidateLosses(cls, box))
                 return scores
 
-        results: list[SampleResult] = self.sampler(candidates, score_fn)
+        results: list[SampleResult] = self.sampler(
+            candidates, score_fn if self.sampler.needs_scores else None
+        )
         idx_images = torch.cat([torch.full_like(r.indices, i) for i, r in enumerate(results)])
         idx = torch.cat([r.indices for r in results])
         labels = torch.cat([r.labels for r in results])

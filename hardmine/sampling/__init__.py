@@ -2,6 +2,7 @@
 
 from hardmine.sampling.base import (
     IGNORE,
+    CandidateLosses,
     Candidates,
     IoUThresholds,
     Sampler,
@@ -21,6 +22,7 @@ SAMPLERS: dict[str, type[Sampler]] = {
 __all__ = [
     "IGNORE",
     "SAMPLERS",
+    "CandidateLosses",
     "Candidates",
     "IoUThresholds",
     "NoSampler",

@@ -5,8 +5,9 @@ A sampler sees tensors only, never the head that owns it:
 * `Candidates`: for each image, every candidate (RoI, anchor) with its best IoU to a ground-truth
   box, the class of that box, its coordinates and optional ignore / forced-foreground masks.
 * an optional scoring callable (`ScoreFn`) that the head builds for samplers that rank by loss
-  (OHEM, SSD hard negatives). The sampler calls it with the labels it assigned and gets back one
-  loss per candidate, computed without autograd.
+  (OHEM, SSD hard negatives). The sampler calls it with the labels it assigned and gets back, per
+  image, each candidate's classification and box-regression loss (`CandidateLosses`), computed
+  without autograd.
 
 It returns one `SampleResult` per image: the selected candidate indices, their target labels and,
 for methods that re-weight, per-sample loss weights.
@@ -24,9 +25,26 @@ from torch import Tensor
 #: Assigned label of a candidate that is neither foreground nor background (never sampled).
 IGNORE = -1
 
+
+@dataclass
+class CandidateLosses:
+    """One image's per-candidate losses from a head's read-only pass (no autograd).
+
+    cls: [N] classification loss of each candidate against its assigned label (ignored ones as
+         background); box: [N] box-regression loss, 0 where the candidate is not foreground.
+    """
+
+    cls: Tensor
+    box: Tensor
+
+    @property
+    def total(self) -> Tensor:
+        return self.cls + self.box
+
+
 #: Called with the assigned labels (one [N_i] tensor per image: >= 1 foreground class, 0 background,
-#: -1 ignored) and returns one loss per candidate (one [N_i] tensor per image), without autograd.
-ScoreFn = Callable[[list[Tensor]], list[Tensor]]
+#: -1 ignored) and returns each image's `CandidateLosses`, computed without autograd.
+ScoreFn = Callable[[list[Tensor]], list["CandidateLosses"]]
 
 
 @dataclass(frozen=True)

@@ -159,7 +159,7 @@ class TopLoss(Sampler):
         self, labels: list[Tensor], candidates: Candidates, score_fn: ScoreFn | None
     ) -> list[SampleResult]:
         assert score_fn is not None
-        self.scores = score_fn(labels)
+        self.scores = [loss.total for loss in score_fn(labels)]
         return [
             take(image_labels, scores.masked_fill(image_labels < 0, -math.inf).topk(self.k).indices)
             for image_labels, scores in zip(labels, self.scores)

@@ -92,8 +92,9 @@ def test_score_fn_gives_per_candidate_loss_without_grad():
         needs_scores = True
 
         def select(self, labels, candidates, score_fn):
-            scores = score_fn(labels)
-            captured["scores"], captured["labels"] = scores, labels
+            losses = score_fn(labels)
+            scores = [loss.total for loss in losses]
+            captured["scores"], captured["losses"] = scores, losses
             return [
                 SampleResult(s.argmax().view(1), lab[s.argmax()].view(1).clamp(min=0))
                 for s, lab in zip(scores, labels)
@@ -108,6 +109,8 @@ def test_score_fn_gives_per_candidate_loss_without_grad():
     logits, deltas = head.predict(features, PROPOSALS, SHAPES)
     ce = F.cross_entropy(logits, torch.tensor([2, 0, 0, 0, 0]), reduction="none")
     assert torch.allclose(scores[1], ce[3:], atol=1e-6)
+    assert torch.allclose(captured["losses"][0].cls, ce[:3], atol=1e-6)
+    assert captured["losses"][0].box[0] > 0 and captured["losses"][0].box[1:].tolist() == [0.0, 0.0]
     assert scores[0][0] > ce[0]  # the foreground candidate's score adds its box loss
     assert losses["loss_roi_cls"].requires_grad
 
