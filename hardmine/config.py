@@ -56,6 +56,27 @@ class ModelConfig:
     aspect_ratios: list[float] = opt([0.5, 1.0, 2.0], "anchor aspect ratios (h/w), the same on every level")
 
 
+OHEM_MODES = ("two_pass", "loss_mask")
+OHEM_RANKING = ("cls+box", "cls")
+
+
+@dataclass
+class OHEMConfig:
+    """Options of `sampler=ohem` (Shrivastava et al., CVPR 2016); defaults are the paper's."""
+
+    batch_size_per_image: int = opt(64, "B per image; per batch the top B x images are kept (paper: 128 / 2)")
+    per_image: bool = opt(False, "select the top B in each image instead of over the whole batch")
+    nms_thresh: float | None = opt(
+        0.7, "NMS IoU among candidates, loss as score, per image and label; null = off"
+    )
+    rank_by: str = opt("cls+box", "loss terms that rank candidates", OHEM_RANKING)
+    fg_fraction: float | None = opt(
+        None, "optional quota: at most this fraction of B foreground; null = none"
+    )
+    bg_iou_lo: float = opt(0.0, "background at bg_iou_lo <= IoU < the head's bg_iou_hi (paper: 0)")
+    mode: str = opt("two_pass", "two_pass (read-only pass, then train on B) or loss_mask (naive)", OHEM_MODES)
+
+
 @dataclass
 class RPNConfig:
     sampler: str = opt("random", "how anchors are chosen for the RPN loss", SAMPLER_NAMES)
@@ -70,6 +91,7 @@ class RPNConfig:
     post_nms_top_n_test: int = opt(1000, "proposals per image kept after NMS, evaluation")
     nms_thresh: float = opt(0.7, "NMS IoU threshold between proposals")
     smooth_l1_beta: float = opt(1.0 / 9, "beta of the smooth L1 box loss")
+    ohem: OHEMConfig = field(default_factory=OHEMConfig)
 
 
 @dataclass
@@ -90,6 +112,7 @@ class RoIHeadConfig:
     score_thresh: float = opt(0.05, "drop detections scoring below this")
     nms_thresh: float = opt(0.5, "per-class NMS IoU threshold at inference")
     detections_per_img: int = opt(100, "detections kept per image")
+    ohem: OHEMConfig = field(default_factory=OHEMConfig)
 
 
 @dataclass
@@ -118,6 +141,7 @@ class DenseHeadConfig:
     nms_thresh: float = opt(0.5, "per-class NMS IoU threshold at inference")
     detections_per_img: int = opt(100, "detections kept per image")
     topk_candidates: int = opt(1000, "best anchors per level considered at inference")
+    ohem: OHEMConfig = field(default_factory=OHEMConfig)
 
 
 @dataclass
@@ -199,7 +223,10 @@ def _field_type(section: Any, name: str) -> Any:
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Check/convert a parsed value against a field annotation; ConfigError names the key."""
     origin = typing.get_origin(annotation)
-    if annotation is bool:
+    if annotation is type(None):
+        if value is None:
+            return None
+    elif annotation is bool:
         if isinstance(value, bool):
             return value
     elif annotation is int:
@@ -353,6 +380,21 @@ def validate(cfg: Config) -> None:
         head = getattr(cfg, name)
         _require(head.batch_size_per_image > 0, f"{name}.batch_size_per_image", "must be > 0")
         _require(0.0 <= head.fg_fraction <= 1.0, f"{name}.fg_fraction", "must be in [0, 1]")
+        o = head.ohem
+        _require(o.batch_size_per_image > 0, f"{name}.ohem.batch_size_per_image", "must be > 0")
+        _require(
+            o.nms_thresh is None or 0.0 < o.nms_thresh <= 1.0, f"{name}.ohem.nms_thresh", "in (0, 1] or null"
+        )
+        _require(
+            o.fg_fraction is None or 0.0 <= o.fg_fraction <= 1.0,
+            f"{name}.ohem.fg_fraction",
+            "in [0, 1] or null",
+        )
+        _require(
+            0.0 <= o.bg_iou_lo <= head.bg_iou_hi,
+            f"{name}.ohem.bg_iou_lo",
+            f"must be in [0, {name}.bg_iou_hi]",
+        )
         _require(
             0.0 <= head.bg_iou_lo <= head.bg_iou_hi <= head.fg_iou <= 1.0,
             f"{name}.fg_iou/bg_iou_lo/bg_iou_hi",

@@ -23,11 +23,22 @@ from hardmine.sampling import SAMPLERS, IoUThresholds, Sampler
 
 def build_sampler(section: RPNConfig | RoIHeadConfig | DenseHeadConfig) -> Sampler:
     """The sampler named by `section.sampler`, with that section's thresholds and budget."""
-    thresholds = IoUThresholds(fg=section.fg_iou, bg_lo=section.bg_iou_lo, bg_hi=section.bg_iou_hi)
+    bg_lo = section.ohem.bg_iou_lo if section.sampler == "ohem" else section.bg_iou_lo
+    thresholds = IoUThresholds(fg=section.fg_iou, bg_lo=bg_lo, bg_hi=section.bg_iou_hi)
     cls = SAMPLERS[section.sampler]
     kwargs: dict[str, Any] = {"thresholds": thresholds}
     if section.sampler == "random":
         kwargs.update(batch_size_per_image=section.batch_size_per_image, fg_fraction=section.fg_fraction)
+    elif section.sampler == "ohem":
+        o = section.ohem
+        kwargs.update(
+            batch_size_per_image=o.batch_size_per_image,
+            per_image=o.per_image,
+            nms_thresh=o.nms_thresh,
+            rank_by=o.rank_by,
+            fg_fraction=o.fg_fraction,
+            mode=o.mode,
+        )
     return cls(**kwargs)
 
 

@@ -124,20 +124,51 @@ class RoIHead(nn.Module):
             match_boxes(p, t["boxes"], t["labels"], t.get("ignore_boxes")) for p, t in zip(proposals, targets)
         ]
         candidates = candidates_from_matches(matches, proposals)
+        sizes = [p.shape[0] for p in proposals]
+        num_candidates = sum(sizes)
+
+        def all_regression_targets() -> Tensor:
+            return torch.cat(
+                [self._regression_targets(m, t, p) for m, t, p in zip(matches, targets, proposals)]
+            )
+
+        # `loss_mask` (the naive OHEM kept for comparison): one pass with autograd over all candidates,
+        # the losses of the unselected ones zeroed. Otherwise a read-only pass scores the candidates and
+        # only the selected ones are pooled again with autograd (two passes).
+        loss_mask = self.sampler.needs_scores and getattr(self.sampler, "mode", "two_pass") == "loss_mask"
+        if loss_mask:
+            full_logits, full_deltas = self.predict(features, proposals, image_shapes)
+            full_targets = all_regression_targets()
 
         def score_fn(assigned: list[Tensor]) -> list[CandidateLosses]:
             """Per-candidate cls and box loss over all candidates, without autograd."""
             with torch.no_grad():
-                logits, deltas = self.predict(features, proposals, image_shapes)
-                labels = torch.cat(assigned).clamp(min=0)
-                reg_targets = torch.cat(
-                    [self._regression_targets(m, t, p) for m, t, p in zip(matches, targets, proposals)]
+                if loss_mask:
+                    logits, deltas, reg_targets = full_logits.detach(), full_deltas.detach(), full_targets
+                else:
+                    logits, deltas = self.predict(features, proposals, image_shapes)
+                    reg_targets = all_regression_targets()
+                cls, reg = self._per_sample_losses(
+                    logits, deltas, torch.cat(assigned).clamp(min=0), reg_targets
                 )
-                cls, reg = self._per_sample_losses(logits, deltas, labels, reg_targets)
-                sizes = [p.shape[0] for p in proposals]
                 return [CandidateLosses(c, r) for c, r in zip(cls.split(sizes), reg.split(sizes))]
 
         results = self.sampler(candidates, score_fn if self.sampler.needs_scores else None)
+        weights = sample_weights(results, matches, targets, proposals[0].dtype)
+        if loss_mask:
+            offsets = torch.tensor([0, *sizes[:-1]], device=weights.device).cumsum(0)
+            idx = torch.cat([r.indices + off for r, off in zip(results, offsets)])
+            labels = torch.zeros(num_candidates, dtype=torch.long, device=weights.device)
+            labels[idx] = torch.cat([r.labels for r in results])
+            mask = torch.zeros(num_candidates, dtype=weights.dtype, device=weights.device)
+            mask[idx] = weights
+            cls, reg = self._per_sample_losses(full_logits, full_deltas, labels, full_targets)
+            num_sampled = max(idx.numel(), 1)
+            self.last_stats = sampling_stats(cls[idx], labels[idx], num_candidates=num_candidates)
+            return {
+                "loss_roi_cls": (cls * mask).sum() / num_sampled,
+                "loss_roi_box": (reg * mask).sum() / num_sampled,
+            }
         boxes = [p[r.indices] for p, r in zip(proposals, results)]
         labels = torch.cat([r.labels for r in results])
         reg_targets = torch.cat(
@@ -146,11 +177,10 @@ class RoIHead(nn.Module):
                 for m, t, r, b in zip(matches, targets, results, boxes)
             ]
         )
-        weights = sample_weights(results, matches, targets, boxes[0].dtype)
         logits, deltas = self.predict(features, boxes, image_shapes)
         cls, reg = self._per_sample_losses(logits, deltas, labels, reg_targets)
         num_sampled = max(labels.numel(), 1)
-        self.last_stats = sampling_stats(cls, labels, num_candidates=sum(p.shape[0] for p in proposals))
+        self.last_stats = sampling_stats(cls, labels, num_candidates=num_candidates)
         return {
             "loss_roi_cls": (cls * weights).sum() / num_sampled,
             "loss_roi_box": (reg * weights).sum() / num_sampled,
