@@ -25,6 +25,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 #: Row name -> (preset, overrides). Every row trains on the same data with the same budget.
 ROWS: dict[str, tuple[str, list[str]]] = {
     "faster_rcnn_tiny random (default)": ("faster_rcnn_tiny.yaml", []),
+    "faster_rcnn_tiny ohem": ("faster_rcnn_ohem.yaml", []),
     "retinanet_tiny focal": ("retinanet_tiny.yaml", []),
 }
 

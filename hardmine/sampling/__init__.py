@@ -11,12 +11,14 @@ from hardmine.sampling.base import (
     assign_labels,
 )
 from hardmine.sampling.none import NoSampler
+from hardmine.sampling.ohem import OHEMSampler
 from hardmine.sampling.random import RandomSampler
 
-#: CLI / config name -> sampler class. Later samplers (ohem, iou_balanced, hard_negative) add theirs.
+#: CLI / config name -> sampler class. Later samplers (iou_balanced, hard_negative) add theirs.
 SAMPLERS: dict[str, type[Sampler]] = {
     "random": RandomSampler,
     "none": NoSampler,
+    "ohem": OHEMSampler,
 }
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "Candidates",
     "IoUThresholds",
     "NoSampler",
+    "OHEMSampler",
     "RandomSampler",
     "Sampler",
     "SampleResult",

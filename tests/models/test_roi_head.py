@@ -135,3 +135,33 @@ def test_inference_output():
     for det in detections:
         assert det["boxes"].shape[0] <= 4 and set(det["labels"].tolist()) <= {1, 2}
         assert (det["boxes"] >= 0).all() and (det["boxes"] <= 64).all()
+
+
+def test_ohem_two_pass_and_loss_mask_select_the_same_and_give_the_same_gradients():
+    from hardmine.sampling.ohem import OHEMSampler
+
+    @dataclass
+    class Spy(OHEMSampler):
+        def select(self, labels, candidates, score_fn):
+            self.results = super().select(labels, candidates, score_fn)
+            return self.results
+
+    runs = {}
+    for mode in ("two_pass", "loss_mask"):
+        head = _head(Spy(batch_size_per_image=2, mode=mode))
+        head.train()
+        losses = head(_features(), PROPOSALS, SHAPES, TARGETS)[1]
+        sum(losses.values()).backward()
+        runs[mode] = (
+            head.sampler.results,
+            losses,
+            {n: p.grad.clone() for n, p in head.named_parameters() if p.grad is not None},
+        )
+    (sel_a, loss_a, grad_a), (sel_b, loss_b, grad_b) = runs["two_pass"], runs["loss_mask"]
+    assert [r.indices.tolist() for r in sel_a] == [r.indices.tolist() for r in sel_b]
+    assert sum(r.indices.numel() for r in sel_a) == 4  # B = 2 per image x 2 images, per batch
+    for key in loss_a:
+        torch.testing.assert_close(loss_a[key], loss_b[key])
+    assert grad_a.keys() == grad_b.keys() and grad_a
+    for name in grad_a:
+        torch.testing.assert_close(grad_a[name], grad_b[name], rtol=1e-5, atol=1e-7)
