@@ -151,7 +151,8 @@ def _to_device(targets: list[dict[str, Tensor]], device: torch.device) -> list[d
 
 
 def head_diagnostics(model: nn.Module) -> dict[str, float]:
-    """fg/bg counts and the fg share of the classification loss of every sampling head."""
+    """fg/bg counts and the fg share of the classification loss of every sampling head, plus what
+    its sampler reports (`Sampler.last_stats`)."""
     out: dict[str, float] = {}
     for name, head in getattr(model, "heads", {}).items():
         stats = getattr(head, "last_stats", {})
@@ -162,6 +163,9 @@ def head_diagnostics(model: nn.Module) -> dict[str, float]:
         out[f"{name}/num_bg"] = float(stats["num_bg"])
         out[f"{name}/num_candidates"] = float(stats["num_candidates"])
         out[f"{name}/fg_loss_share"] = fg_loss / (fg_loss + bg_loss) if fg_loss + bg_loss > 0 else 0.0
+        sampler = getattr(head, "sampler", None)
+        for key, value in getattr(sampler, "last_stats", {}).items():  # e.g. OHEM's NMS and loss stats
+            out[f"{name}/sampler/{key}"] = float(value)
     return out
 
 

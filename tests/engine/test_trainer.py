@@ -13,7 +13,7 @@ from hardmine.config import load_config
 from hardmine.engine import trainer
 from hardmine.engine.checkpoint import load_checkpoint
 from hardmine.engine.evaluate import METRIC_KEYS
-from hardmine.errors import TrainingInterrupted
+from hardmine.errors import CheckpointError, HardmineError, TrainingInterrupted
 
 
 def test_train_then_eval_writes_metrics_logs_and_checkpoints(fast_overrides, tmp_path, capsys):
@@ -78,7 +78,7 @@ def test_resume_refuses_a_changed_config(fast_overrides):
     changed = load_config(
         None, [*fast_overrides, "solver.max_iter=2", "solver.lr=0.5", "train.eval_at_end=false"]
     )
-    with pytest.raises(Exception, match="solver.lr: checkpoint 0.01, now 0.5"):
+    with pytest.raises(CheckpointError, match="solver.lr: checkpoint 0.01, now 0.5"):
         trainer.train(changed, resume=True)
 
 
@@ -125,7 +125,7 @@ def test_bf16_autocast_on_cpu_and_fp16_refused(fast_overrides):
         fp16 = load_config(
             None, [*fast_overrides, "solver.max_iter=1", "solver.amp=fp16", "train.device=cpu"]
         )
-        with pytest.raises(Exception, match="fp16 needs a CUDA device"):
+        with pytest.raises(HardmineError, match="fp16 needs a CUDA device"):
             trainer.train(fp16)
 
 
@@ -169,3 +169,21 @@ def test_voc_data_gets_voc_metrics_too(tmp_path):
             },
         )
         assert ("VOC07_mAP" in metrics) is expect_voc and "AP" in metrics
+
+
+def test_ohem_sampler_statistics_are_logged(fast_overrides):
+    cfg = load_config(
+        None,
+        [
+            *fast_overrides,
+            "roi_head.sampler=ohem",
+            "roi_head.ohem.batch_size_per_image=8",
+            "solver.max_iter=1",
+            "train.eval_at_end=false",
+        ],
+    )
+    trainer.train(cfg)
+    (row,) = list(csv.DictReader((Path(cfg.output_dir) / "log.csv").open()))
+    assert float(row["roi/sampler/num_selected"]) == float(row["roi/num_fg"]) + float(row["roi/num_bg"]) <= 16
+    assert float(row["roi/sampler/mean_loss_selected"]) >= float(row["roi/sampler/mean_loss_all"])
+    assert "roi/sampler/num_removed_by_nms" in row and "rpn/sampler/num_removed_by_nms" not in row
