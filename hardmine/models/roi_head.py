@@ -50,6 +50,7 @@ class RoIHead(nn.Module):
         score_thresh: float = 0.05,
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
+        score_chunk_size: int = 256,
     ) -> None:
         super().__init__()
         if cls_loss not in CLS_LOSSES:
@@ -68,6 +69,9 @@ class RoIHead(nn.Module):
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
         self.detections_per_img = detections_per_img
+        if score_chunk_size <= 0:
+            raise ValueError(f"score_chunk_size must be > 0, got {score_chunk_size}")
+        self.score_chunk_size = score_chunk_size
         self.last_stats: dict[str, Tensor] = {}
 
     def predict(
@@ -76,6 +80,27 @@ class RoIHead(nn.Module):
         """Class logits [K, C+1] and class-specific deltas [K, 4(C+1)] for the given boxes."""
         pooled = self.box_roi_pool(features, boxes, image_shapes)
         return self.box_predictor(self.box_head(pooled))
+
+    @torch.no_grad()
+    def predict_in_chunks(
+        self, features: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
+    ) -> tuple[Tensor, Tensor]:
+        """`predict` without autograd, `score_chunk_size` boxes at a time (in image order).
+
+        The read-only pass of loss-ranking samplers runs over every candidate; in chunks its pooled
+        features (K x C x 7 x 7 floats) never all exist at once, so it adds little to peak memory.
+        """
+        logits, deltas = [], []
+        for i, image_boxes in enumerate(boxes):
+            for chunk in image_boxes.split(self.score_chunk_size):
+                # RoIAlign takes one box list per image; the other images get none.
+                per_image = [chunk if j == i else chunk[:0] for j in range(len(boxes))]
+                chunk_logits, chunk_deltas = self.predict(features, per_image, image_shapes)
+                logits.append(chunk_logits)
+                deltas.append(chunk_deltas)
+        if not logits:  # no boxes in any image
+            return self.predict(features, boxes, image_shapes)
+        return torch.cat(logits), torch.cat(deltas)
 
     def forward(
         self,
@@ -146,7 +171,7 @@ class RoIHead(nn.Module):
                 if loss_mask:
                     logits, deltas, reg_targets = full_logits.detach(), full_deltas.detach(), full_targets
                 else:
-                    logits, deltas = self.predict(features, proposals, image_shapes)
+                    logits, deltas = self.predict_in_chunks(features, proposals, image_shapes)
                     reg_targets = all_regression_targets()
                 cls, reg = self._per_sample_losses(
                     logits, deltas, torch.cat(assigned).clamp(min=0), reg_targets

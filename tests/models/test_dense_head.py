@@ -15,7 +15,7 @@ from torchvision.ops import box_iou, sigmoid_focal_loss
 from hardmine.models.dense_head import DenseHead
 from hardmine.models.retinanet import RetinaNet, build_retinanet
 from hardmine.models.transform import DetectionTransform
-from hardmine.sampling import IoUThresholds, RandomSampler, Sampler, SampleResult, ScoreFn
+from hardmine.sampling import IoUThresholds, OHEMSampler, RandomSampler, Sampler, SampleResult, ScoreFn
 from hardmine.sampling.base import Candidates, take
 
 NUM_CLASSES = 3
@@ -296,3 +296,42 @@ def test_anchor_count_must_match_the_head():
     dense = DenseHead(in_channels=8, num_anchors=1, num_classes=2)
     with pytest.raises(ValueError, match="anchors per location"):
         RetinaNet(torch.nn.Identity(), dense, anchors, DetectionTransform(64, 64))
+
+
+def test_ohem_keeps_the_hardest_anchors_and_drops_a_near_duplicate_by_nms():
+    sampler = OHEMSampler(
+        IoUThresholds(fg=0.5, bg_lo=0.0, bg_hi=0.4), batch_size_per_image=3, per_image=True, nms_thresh=0.7
+    )
+    dense = head(sampler=sampler, cls_loss="bce", focal_alpha=-1.0)
+    anchors = tiles()
+    anchors[1] = torch.tensor([1.0, 0.0, 17.0, 16.0])  # IoU 0.88 with anchor 0: both match GT_EXACT
+    targets = hand_made_batch()
+    logits, deltas = outputs()
+    losses = dense.loss(logits, deltas, [anchors, anchors], targets)
+
+    # Hand-made expectation: per-anchor BCE summed over classes, + L1 on the deltas for foreground.
+    labels = [torch.zeros(16, dtype=torch.long), torch.zeros(16, dtype=torch.long)]
+    labels[0][[0, 1]], labels[0][[5, 6]] = 1, 3
+    labels[1][15] = -1  # inside the ignore region
+    gt = {0: GT_EXACT, 1: GT_EXACT, 5: GT_LOW, 6: GT_LOW}
+    expected_cls, expected_box, num_fg = 0.0, 0.0, 0
+    for i in range(2):
+        onehot = F.one_hot(labels[i].clamp(min=0), NUM_CLASSES + 1)[:, 1:].float()
+        cls = F.binary_cross_entropy_with_logits(logits[i].detach(), onehot, reduction="none").sum(1)
+        box = torch.zeros(16)
+        for a, g in gt.items() if i == 0 else ():
+            target_deltas = dense.box_coder.encode_single(torch.tensor([g]), anchors[a : a + 1])[0]
+            box[a] = (deltas[i, a].detach() - target_deltas).abs().sum()
+        total = (cls + box).masked_fill(labels[i] < 0, -math.inf)
+        if i == 0:  # NMS: of anchors 0 and 1 (same label, IoU 0.88) only the harder survives
+            total[1 if total[0] >= total[1] else 0] = -math.inf
+        keep = total.topk(3).indices
+        expected_cls += cls[keep].sum()
+        expected_box += box[keep].sum()
+        num_fg += int((labels[i][keep] > 0).sum())
+    torch.testing.assert_close(losses["loss_dense_cls"], expected_cls / max(num_fg, 1))
+    torch.testing.assert_close(losses["loss_dense_box"], expected_box / max(num_fg, 1))
+    stats = sampler.last_stats
+    assert (stats["num_candidates"], stats["num_selected"]) == (31, 6)
+    assert stats["num_removed_by_nms"] == 1
+    assert stats["mean_loss_selected"] > stats["mean_loss_all"]

@@ -165,3 +165,27 @@ def test_ohem_two_pass_and_loss_mask_select_the_same_and_give_the_same_gradients
     assert grad_a.keys() == grad_b.keys() and grad_a
     for name in grad_a:
         torch.testing.assert_close(grad_a[name], grad_b[name], rtol=1e-5, atol=1e-7)
+
+
+def test_read_only_pass_in_chunks_scores_like_one_pass():
+    @dataclass
+    class Recorder(Sampler):
+        needs_scores = True
+
+        def select(self, labels, candidates, score_fn):
+            self.losses = score_fn(labels)
+            return [SampleResult(torch.nonzero(lab >= 0).flatten(), lab[lab >= 0]) for lab in labels]
+
+    scored = []
+    for chunk in (1, 2, 1000):
+        head = _head(Recorder(), score_chunk_size=chunk)
+        head.train()
+        head(_features(), PROPOSALS, SHAPES, TARGETS)
+        scored.append(head.sampler.losses)
+    assert [loss.cls.shape[0] for loss in scored[0]] == [4, 2]  # 3 + 1 GT, 2 + 0 GT
+    for other in scored[1:]:
+        for a, b in zip(scored[0], other):
+            torch.testing.assert_close(a.cls, b.cls)
+            torch.testing.assert_close(a.box, b.box)
+    with pytest.raises(ValueError, match="score_chunk_size"):
+        _head(Recorder(), score_chunk_size=0)

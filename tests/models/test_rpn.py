@@ -1,12 +1,17 @@
 """RPN: anchors matched with low-quality matches and chosen by the configured sampler."""
 
+import math
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.rpn import RPNHead
+from torchvision.models.detection.rpn import RPNHead, concat_box_prediction_layers
+from torchvision.ops import box_iou
 
 from hardmine.models.rpn import RPN
-from hardmine.sampling import IoUThresholds, NoSampler, RandomSampler
+from hardmine.sampling import IoUThresholds, NoSampler, OHEMSampler, RandomSampler
 
 
 def _rpn(sampler) -> RPN:
@@ -67,3 +72,40 @@ def test_eval_returns_proposals_and_no_losses():
     boxes, scores, losses = rpn(images, features)
     assert losses == {} and all(b.shape[0] <= 10 for b in boxes)
     assert all(b.shape[0] == s.shape[0] for b, s in zip(boxes, scores))
+
+
+def test_ohem_trains_on_the_anchors_with_the_highest_objectness_plus_box_loss():
+    @dataclass
+    class Spy(OHEMSampler):
+        def select(self, labels, candidates, score_fn):
+            self.labels = labels
+            self.results = super().select(labels, candidates, score_fn)
+            return self.results
+
+    sampler = Spy(IoUThresholds(0.7, 0.0, 0.3), batch_size_per_image=5, per_image=True, nms_thresh=None)
+    rpn = _rpn(sampler)
+    rpn.train()
+    outputs = []
+    rpn.head.register_forward_hook(lambda module, args, out: outputs.append(out))
+    images, features, targets = _inputs()
+    losses = rpn(images, features, targets)[2]
+
+    objectness, deltas = concat_box_prediction_layers(*outputs[0])
+    objectness, deltas = objectness.detach().view(2, -1), deltas.detach().view(2, -1, 4)
+    anchors = rpn.anchor_generator(images, list(features.values()))
+    expected_cls = 0.0
+    for i, (labels, result) in enumerate(zip(sampler.labels, sampler.results)):
+        cls = F.binary_cross_entropy_with_logits(objectness[i], (labels > 0).float(), reduction="none")
+        box = torch.zeros_like(cls)
+        fg = torch.nonzero(labels > 0).flatten()
+        if fg.numel():
+            matched = box_iou(anchors[i][fg], targets[i]["boxes"]).argmax(dim=1)
+            reg_targets = rpn.box_coder.encode_single(targets[i]["boxes"][matched], anchors[i][fg])
+            box[fg] = F.smooth_l1_loss(deltas[i, fg], reg_targets, beta=1 / 9, reduction="none").sum(1)
+        total = (cls + box).masked_fill(labels < 0, -math.inf)
+        assert result.indices.tolist() == sorted(total.topk(5).indices.tolist())
+        expected_cls += cls[result.indices].sum()
+    assert (sampler.labels[1] == 0).all()  # the image without objects: every anchor is background
+    torch.testing.assert_close(losses["loss_rpn_cls"], expected_cls / 10)
+    assert sampler.last_stats["num_selected"] == 10
+    assert sampler.last_stats["mean_loss_selected"] >= sampler.last_stats["mean_loss_all"]
