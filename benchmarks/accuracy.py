@@ -25,8 +25,12 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 #: Row name -> (preset, overrides). Every row trains on the same data with the same budget.
 ROWS: dict[str, tuple[str, list[str]]] = {
     "faster_rcnn_tiny random (default)": ("faster_rcnn_tiny.yaml", []),
+    "faster_rcnn_tiny random B=64": ("faster_rcnn_tiny.yaml", ["roi_head.batch_size_per_image=64"]),
     "faster_rcnn_tiny ohem": ("faster_rcnn_ohem.yaml", []),
+    "faster_rcnn_tiny iou_balanced": ("faster_rcnn_iou_balanced.yaml", []),
     "retinanet_tiny focal": ("retinanet_tiny.yaml", []),
+    "retinanet_tiny hard_negative": ("retinanet_hard_negative.yaml", []),
+    "retinanet_tiny ohem": ("retinanet_ohem.yaml", []),
 }
 
 

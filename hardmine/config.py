@@ -78,10 +78,37 @@ class OHEMConfig:
 
 
 @dataclass
+class IoUBalancedConfig:
+    """Options of `sampler=iou_balanced` (Libra R-CNN, Pang et al., CVPR 2019); defaults are the paper's.
+
+    B and the foreground fraction are the head's batch_size_per_image and fg_fraction.
+    """
+
+    num_bins: int = opt(3, "equal-width IoU bins the background is drawn from evenly (paper: 3)")
+    floor_iou: float | None = opt(
+        None, "background below this IoU is drawn at random, not binned; null = no floor (paper)"
+    )
+    floor_fraction: float = opt(0.0, "share of the background drawn below floor_iou (paper: 0)")
+
+
+@dataclass
+class HardNegativeConfig:
+    """Options of `sampler=hard_negative` (SSD, Liu et al., ECCV 2016); defaults are the paper's."""
+
+    neg_pos_ratio: float = opt(3.0, "hardest background kept per foreground candidate (paper: 3)")
+    min_negatives_per_image: int = opt(
+        16, "background kept in any image, even one without objects (the paper has none: 0)"
+    )
+    bg_iou_lo: float = opt(0.0, "background at bg_iou_lo <= IoU < the head's bg_iou_hi (paper: 0)")
+
+
+@dataclass
 class RPNConfig:
     sampler: str = opt("random", "how anchors are chosen for the RPN loss", SAMPLER_NAMES)
-    batch_size_per_image: int = opt(256, "sampled anchors per image (random sampler)")
-    fg_fraction: float = opt(0.5, "largest fraction of sampled anchors that are foreground")
+    batch_size_per_image: int = opt(256, "sampled anchors per image (random and iou_balanced samplers)")
+    fg_fraction: float = opt(
+        0.5, "largest fraction of sampled anchors that are foreground (random and iou_balanced samplers)"
+    )
     fg_iou: float = opt(0.7, "anchor is foreground at IoU >= this (plus each box's best anchor)")
     bg_iou_lo: float = opt(0.0, "anchor is background at bg_iou_lo <= IoU < bg_iou_hi")
     bg_iou_hi: float = opt(0.3, "upper bound of the background IoU range")
@@ -92,13 +119,17 @@ class RPNConfig:
     nms_thresh: float = opt(0.7, "NMS IoU threshold between proposals")
     smooth_l1_beta: float = opt(1.0 / 9, "beta of the smooth L1 box loss")
     ohem: OHEMConfig = field(default_factory=OHEMConfig)
+    iou_balanced: IoUBalancedConfig = field(default_factory=IoUBalancedConfig)
+    hard_negative: HardNegativeConfig = field(default_factory=HardNegativeConfig)
 
 
 @dataclass
 class RoIHeadConfig:
     sampler: str = opt("random", "how RoIs are chosen for the RoI-head loss", SAMPLER_NAMES)
-    batch_size_per_image: int = opt(512, "sampled RoIs per image, B (random sampler)")
-    fg_fraction: float = opt(0.25, "largest fraction of sampled RoIs that are foreground")
+    batch_size_per_image: int = opt(512, "sampled RoIs per image, B (random and iou_balanced samplers)")
+    fg_fraction: float = opt(
+        0.25, "largest fraction of sampled RoIs that are foreground (random and iou_balanced samplers)"
+    )
     fg_iou: float = opt(0.5, "RoI is foreground at IoU >= this")
     bg_iou_lo: float = opt(0.1, "RoI is background at bg_iou_lo <= IoU < bg_iou_hi")
     bg_iou_hi: float = opt(0.5, "upper bound of the background IoU range")
@@ -113,6 +144,8 @@ class RoIHeadConfig:
     nms_thresh: float = opt(0.5, "per-class NMS IoU threshold at inference")
     detections_per_img: int = opt(100, "detections kept per image")
     ohem: OHEMConfig = field(default_factory=OHEMConfig)
+    iou_balanced: IoUBalancedConfig = field(default_factory=IoUBalancedConfig)
+    hard_negative: HardNegativeConfig = field(default_factory=HardNegativeConfig)
 
 
 @dataclass
@@ -120,8 +153,10 @@ class DenseHeadConfig:
     sampler: str = opt(
         "none", "how anchors are chosen for the loss ('none' = all, as RetinaNet)", SAMPLER_NAMES
     )
-    batch_size_per_image: int = opt(256, "sampled anchors per image (random sampler)")
-    fg_fraction: float = opt(0.25, "largest fraction of sampled anchors that are foreground (random sampler)")
+    batch_size_per_image: int = opt(256, "sampled anchors per image (random and iou_balanced samplers)")
+    fg_fraction: float = opt(
+        0.25, "largest fraction of sampled anchors that are foreground (random and iou_balanced samplers)"
+    )
     fg_iou: float = opt(0.5, "anchor is foreground at IoU >= this (plus each box's best anchor)")
     bg_iou_lo: float = opt(0.0, "anchor is background at bg_iou_lo <= IoU < bg_iou_hi")
     bg_iou_hi: float = opt(0.4, "upper bound of the background IoU range")
@@ -142,6 +177,8 @@ class DenseHeadConfig:
     detections_per_img: int = opt(100, "detections kept per image")
     topk_candidates: int = opt(1000, "best anchors per level considered at inference")
     ohem: OHEMConfig = field(default_factory=OHEMConfig)
+    iou_balanced: IoUBalancedConfig = field(default_factory=IoUBalancedConfig)
+    hard_negative: HardNegativeConfig = field(default_factory=HardNegativeConfig)
 
 
 @dataclass
@@ -393,6 +430,24 @@ def validate(cfg: Config) -> None:
         _require(
             0.0 <= o.bg_iou_lo <= head.bg_iou_hi,
             f"{name}.ohem.bg_iou_lo",
+            f"must be in [0, {name}.bg_iou_hi]",
+        )
+        b = head.iou_balanced
+        _require(b.num_bins >= 1, f"{name}.iou_balanced.num_bins", "must be >= 1")
+        _require(
+            b.floor_iou is None or 0.0 < b.floor_iou <= 1.0,
+            f"{name}.iou_balanced.floor_iou",
+            "in (0, 1] or null",
+        )
+        _require(0.0 <= b.floor_fraction <= 1.0, f"{name}.iou_balanced.floor_fraction", "must be in [0, 1]")
+        h = head.hard_negative
+        _require(h.neg_pos_ratio >= 0, f"{name}.hard_negative.neg_pos_ratio", "must be >= 0")
+        _require(
+            h.min_negatives_per_image >= 0, f"{name}.hard_negative.min_negatives_per_image", "must be >= 0"
+        )
+        _require(
+            0.0 <= h.bg_iou_lo <= head.bg_iou_hi,
+            f"{name}.hard_negative.bg_iou_lo",
             f"must be in [0, {name}.bg_iou_hi]",
         )
         _require(

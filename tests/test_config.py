@@ -98,3 +98,76 @@ def test_choices_match_the_implementations():
     assert set(config.BACKBONE_NAMES) == set(BACKBONES)
     assert set(config.DENSE_CLS_LOSSES) == set(dense_head.CLS_LOSSES)
     assert set(config.DENSE_REG_LOSSES) == set(dense_head.REG_LOSSES)
+
+
+def test_new_samplers_build_from_their_config_sections():
+    from hardmine.models.build import build_sampler
+    from hardmine.sampling import HardNegativeSampler, IoUBalancedSampler, IoUThresholds
+
+    cfg = load_config(
+        None,
+        [
+            "roi_head.sampler=iou_balanced",
+            "roi_head.batch_size_per_image=128",
+            "roi_head.fg_fraction=0.5",
+            "roi_head.iou_balanced.num_bins=4",
+            "roi_head.iou_balanced.floor_iou=0.05",
+            "roi_head.iou_balanced.floor_fraction=0.2",
+        ],
+    )
+    sampler = build_sampler(cfg.roi_head)
+    assert type(sampler) is IoUBalancedSampler
+    assert (sampler.batch_size_per_image, sampler.fg_fraction) == (128, 0.5)
+    assert (sampler.num_bins, sampler.floor_iou, sampler.floor_fraction) == (4, 0.05, 0.2)
+    assert sampler.thresholds == IoUThresholds(fg=0.5, bg_lo=0.1, bg_hi=0.5)
+
+    cfg = load_config(
+        None,
+        [
+            "roi_head.sampler=hard_negative",
+            "roi_head.hard_negative.neg_pos_ratio=2",
+            "roi_head.hard_negative.min_negatives_per_image=8",
+        ],
+    )
+    sampler = build_sampler(cfg.roi_head)
+    assert type(sampler) is HardNegativeSampler
+    assert (sampler.neg_pos_ratio, sampler.min_negatives_per_image) == (2.0, 8)
+    # SSD's background starts at IoU 0, not at the head's bg_iou_lo (0.1).
+    assert sampler.thresholds == IoUThresholds(fg=0.5, bg_lo=0.0, bg_hi=0.5)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("roi_head.iou_balanced.num_bins=0", "roi_head.iou_balanced.num_bins: must be >= 1"),
+        ("rpn.iou_balanced.floor_iou=0", "rpn.iou_balanced.floor_iou: in (0, 1] or null"),
+        (
+            "dense_head.iou_balanced.floor_fraction=2",
+            "dense_head.iou_balanced.floor_fraction: must be in [0, 1]",
+        ),
+        ("roi_head.hard_negative.neg_pos_ratio=-3", "roi_head.hard_negative.neg_pos_ratio: must be >= 0"),
+        (
+            "roi_head.hard_negative.min_negatives_per_image=-1",
+            "roi_head.hard_negative.min_negatives_per_image: must be >= 0",
+        ),
+        ("rpn.hard_negative.bg_iou_lo=0.4", "rpn.hard_negative.bg_iou_lo: must be in [0, rpn.bg_iou_hi]"),
+    ],
+)
+def test_new_sampler_options_validated(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda path: path.name)
+def test_every_preset_builds_its_model(path):
+    from hardmine.models.build import build_model
+    from hardmine.sampling import SAMPLERS
+
+    # Fast R-CNN presets name proposal files that only a trained Faster R-CNN writes; building needs none.
+    overrides = ["data.train_proposals=x.pt"] if "fast_rcnn" in path.name else []
+    cfg = load_config(path, overrides)
+    model = build_model(cfg, num_classes=3)
+    sections = {"roi": cfg.roi_head, "rpn": cfg.rpn, "dense": cfg.dense_head}
+    for name, head in model.heads.items():
+        assert type(head.sampler) is SAMPLERS[sections[name].sampler]

@@ -23,12 +23,21 @@ from hardmine.sampling import SAMPLERS, IoUThresholds, Sampler
 
 def build_sampler(section: RPNConfig | RoIHeadConfig | DenseHeadConfig) -> Sampler:
     """The sampler named by `section.sampler`, with that section's thresholds and budget."""
-    bg_lo = section.ohem.bg_iou_lo if section.sampler == "ohem" else section.bg_iou_lo
+    # OHEM and SSD's hard negatives have their own lower background bound (their papers': 0).
+    bg_lo = {"ohem": section.ohem.bg_iou_lo, "hard_negative": section.hard_negative.bg_iou_lo}.get(
+        section.sampler, section.bg_iou_lo
+    )
     thresholds = IoUThresholds(fg=section.fg_iou, bg_lo=bg_lo, bg_hi=section.bg_iou_hi)
     cls = SAMPLERS[section.sampler]
     kwargs: dict[str, Any] = {"thresholds": thresholds}
-    if section.sampler == "random":
+    if section.sampler in ("random", "iou_balanced"):
         kwargs.update(batch_size_per_image=section.batch_size_per_image, fg_fraction=section.fg_fraction)
+    if section.sampler == "iou_balanced":
+        b = section.iou_balanced
+        kwargs.update(num_bins=b.num_bins, floor_iou=b.floor_iou, floor_fraction=b.floor_fraction)
+    elif section.sampler == "hard_negative":
+        h = section.hard_negative
+        kwargs.update(neg_pos_ratio=h.neg_pos_ratio, min_negatives_per_image=h.min_negatives_per_image)
     elif section.sampler == "ohem":
         o = section.ohem
         kwargs.update(

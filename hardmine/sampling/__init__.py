@@ -10,15 +10,19 @@ from hardmine.sampling.base import (
     ScoreFn,
     assign_labels,
 )
+from hardmine.sampling.hard_negative import HardNegativeSampler
+from hardmine.sampling.iou_balanced import IoUBalancedSampler
 from hardmine.sampling.none import NoSampler
 from hardmine.sampling.ohem import OHEMSampler
 from hardmine.sampling.random import RandomSampler
 
-#: CLI / config name -> sampler class. Later samplers (iou_balanced, hard_negative) add theirs.
+#: CLI / config name -> sampler class (the config's sampler choices, in this order).
 SAMPLERS: dict[str, type[Sampler]] = {
     "random": RandomSampler,
     "none": NoSampler,
     "ohem": OHEMSampler,
+    "iou_balanced": IoUBalancedSampler,
+    "hard_negative": HardNegativeSampler,
 }
 
 __all__ = [
@@ -26,6 +30,8 @@ __all__ = [
     "SAMPLERS",
     "CandidateLosses",
     "Candidates",
+    "HardNegativeSampler",
+    "IoUBalancedSampler",
     "IoUThresholds",
     "NoSampler",
     "OHEMSampler",
