@@ -140,6 +140,9 @@ class RoIHeadConfig:
     roi_output_size: int = opt(7, "RoIAlign output size")
     sampling_ratio: int = opt(2, "RoIAlign sampling ratio")
     add_gt_as_proposals: bool = opt(True, "add the ground-truth boxes to the candidates in training")
+    score_chunk_size: int = opt(
+        256, "loss-ranking samplers: RoIs per chunk of the read-only scoring pass (memory vs speed)"
+    )
     score_thresh: float = opt(0.05, "drop detections scoring below this")
     nms_thresh: float = opt(0.5, "per-class NMS IoU threshold at inference")
     detections_per_img: int = opt(100, "detections kept per image")
@@ -461,6 +464,7 @@ def validate(cfg: Config) -> None:
     )
     _require(cfg.model.max_size > 0, "model.max_size", "must be > 0")
     _require(all(r > 0 for r in cfg.model.aspect_ratios), "model.aspect_ratios", "must be > 0")
+    _require(cfg.roi_head.score_chunk_size > 0, "roi_head.score_chunk_size", "must be > 0")
     _require(0.0 < cfg.dense_head.prior_prob < 1.0, "dense_head.prior_prob", "must be in (0, 1)")
     _require(cfg.data.batch_size > 0, "data.batch_size", "must be > 0")
     _require(cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0")

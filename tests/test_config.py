@@ -58,6 +58,7 @@ def test_scalar_becomes_one_element_list():
         ("solver.amp=fp8", "solver.amp='fp8' is not allowed; choose from off, bf16, fp16"),
         ("roi_head=3", "roi_head: is a section"),
         ("novalue", "is not of the form key=value"),
+        ("roi_head.score_chunk_size=0", "roi_head.score_chunk_size: must be > 0"),
     ],
 )
 def test_bad_values_name_the_key(override, message):

@@ -110,6 +110,7 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
         reg_loss=r.reg_loss,
         smooth_l1_beta=r.smooth_l1_beta,
         add_gt_as_proposals=r.add_gt_as_proposals,
+        score_chunk_size=r.score_chunk_size,
         score_thresh=r.score_thresh,
         nms_thresh=r.nms_thresh,
         detections_per_img=r.detections_per_img,
