@@ -1,4 +1,4 @@
-"""Command-line interface: `hardmine train | eval | predict | proposals | data synth | weights`."""
+"""Command-line interface: `hardmine train | eval | predict | proposals | gallery | data synth | weights`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ from pathlib import Path
 import torch
 
 from hardmine import __version__
-from hardmine.config import Config, apply_overrides, config_from_dict, describe_options, load_config
+from hardmine.config import (
+    SAMPLER_NAMES,
+    Config,
+    apply_overrides,
+    config_from_dict,
+    describe_options,
+    load_config,
+)
 from hardmine.errors import HardmineError, TrainingInterrupted
 
 TRAIN_EPILOG = """\
@@ -169,6 +176,25 @@ def cmd_proposals(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gallery(args: argparse.Namespace) -> int:
+    from hardmine.data.sources import resolve_split
+    from hardmine.report.gallery import find_record, render_selection
+
+    cfg, model, payload, _ = _load_trained(args.checkpoint, args.overrides)
+    index = resolve_split(cfg.data, "train")
+    _check_categories(payload, index, args.checkpoint)
+    record = find_record(index, args.image)
+    image, selection = render_selection(
+        model, cfg, index, record, head=args.head, sampler=args.sampler, show_all=args.show_all
+    )
+    name = f"{Path(record.file_name).stem}_{selection.head}_{selection.sampler}.png"
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "gallery" / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(out, format="PNG")
+    print(f"{selection.describe()}\ndrawn to {out}")
+    return 0
+
+
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from hardmine.data.synthetic import generate_synthetic
 
@@ -238,6 +264,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="proposals file to write (.pt)")
     p.add_argument("--top-n", type=int, default=1000, help="proposals kept per image (best first)")
     p.set_defaults(func=cmd_proposals)
+
+    p = sub.add_parser(
+        "gallery",
+        help="draw the candidates a head's sampler (default OHEM) selects on one training image",
+        description="Run the checkpoint's training forward on one image of data.train, without changing "
+        "the model, with the head's sampler replaced by --sampler (its options from the head's config "
+        "section, e.g. roi_head.ohem.*), and draw the ground truth (white), the selected foreground "
+        "(green) and background (magenta) candidates and their counts. KEY=VALUE overrides the "
+        "checkpoint's config (e.g. roi_head.ohem.nms_thresh=null).",
+    )
+    p.add_argument("checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.add_argument(
+        "--image", required=True, metavar="ID_OR_FILE_NAME", help="image id or file name in data.train"
+    )
+    p.add_argument(
+        "--head",
+        choices=("roi_head", "rpn", "dense_head"),
+        help="head whose sampling is shown (default: roi_head, or dense_head for RetinaNet)",
+    )
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ohem", help="sampler to run (default: ohem)")
+    p.add_argument("--show-all", action="store_true", help="also draw every eligible candidate, faintly")
+    p.add_argument(
+        "--out",
+        metavar="PNG",
+        help="PNG to write (default: CHECKPOINT_FOLDER/gallery/IMAGE_HEAD_SAMPLER.png)",
+    )
+    p.set_defaults(func=cmd_gallery)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("synth", help="write the built-in synthetic dataset (COCO format)")

@@ -1,4 +1,5 @@
-"""Detections drawn on their image as a PNG, for galleries and quick visual checks."""
+"""Boxes drawn on their image: detections as a PNG, and the building blocks of galleries (outlined
+box sets, faint or opaque, and a colour-coded legend), for quick visual checks."""
 
 from __future__ import annotations
 
@@ -8,16 +9,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
 from torchvision.utils import draw_bounding_boxes
 
-GT_COLOR = (255, 255, 255)
+Color = tuple[int, int, int]
+
+GT_COLOR: Color = (255, 255, 255)
 _GOLDEN_RATIO = 0.618033988749895
 
 
-def class_color(label: int) -> tuple[int, int, int]:
+def class_color(label: int) -> Color:
     """A saturated colour for a contiguous label; hues step by the golden ratio, so neighbouring
     labels get far-apart colours and none is white (kept for ground truth)."""
     r, g, b = colorsys.hsv_to_rgb((label * _GOLDEN_RATIO) % 1.0, 0.85, 0.95)
@@ -74,3 +77,42 @@ def draw_detections(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     to_pil_image(canvas).save(out_path, format="PNG")
     return out_path
+
+
+def draw_boxes(
+    image: Tensor | str | Path,
+    boxes: Tensor | np.ndarray,
+    color: Color,
+    width: int = 1,
+    opacity: float = 1.0,
+) -> Tensor:
+    """uint8 [3, H, W] `image` with `boxes` (xyxy pixels) outlined in `color`, `width` px inwards.
+
+    Coordinates are rounded to the nearest pixel (not truncated), so a box mapped back from another
+    scale lands on the pixels of the box it came from. `opacity` < 1 blends the outlines into the
+    image, for faint context boxes under the ones that matter.
+    """
+    canvas = _load_image(image)
+    boxes = _as_tensor(boxes).float().reshape(-1, 4).round()
+    if not len(boxes):
+        return canvas
+    drawn = draw_bounding_boxes(canvas, boxes, colors=color, width=width)
+    if opacity >= 1.0:
+        return drawn
+    return (canvas.float() * (1.0 - opacity) + drawn.float() * opacity).round().to(torch.uint8)
+
+
+def draw_legend(image: Tensor | str | Path, lines: Sequence[tuple[str, Color]]) -> Image.Image:
+    """`image` as an RGB PIL image with `lines` of text, each in its colour, on a translucent dark
+    panel in the top-left corner; the image keeps its size (the panel covers what is under it)."""
+    canvas = to_pil_image(_load_image(image)).convert("RGBA")
+    font = ImageFont.load_default()
+    pad, line_height = 3, font.getbbox("Ag")[3] + 2
+    width = max((int(font.getlength(text)) for text, _ in lines), default=0) + 2 * pad
+    panel = Image.new("RGBA", canvas.size, (0, 0, 0, 0))
+    ImageDraw.Draw(panel).rectangle((0, 0, width, len(lines) * line_height + 2 * pad), fill=(0, 0, 0, 160))
+    legend = Image.alpha_composite(canvas, panel).convert("RGB")
+    draw = ImageDraw.Draw(legend)
+    for i, (text, color) in enumerate(lines):
+        draw.text((pad, pad + i * line_height), text, fill=color, font=font)
+    return legend
