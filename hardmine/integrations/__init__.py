@@ -1,0 +1,1 @@
+"""hardmine's samplers inside other libraries' detectors (`hardmine.integrations.torchvision`)."""
