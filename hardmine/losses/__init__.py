@@ -1,0 +1,16 @@
+"""Loss functions: soft sampling (focal, GHM) and box regression (balanced L1); see DESIGN.md."""
+
+from hardmine.losses.balanced_l1 import BalancedL1Loss, balanced_l1_loss
+from hardmine.losses.focal import SigmoidFocalLoss, SoftmaxFocalLoss, sigmoid_focal_loss, softmax_focal_loss
+from hardmine.losses.ghm import GHMC, GHMR
+
+__all__ = [
+    "GHMC",
+    "GHMR",
+    "BalancedL1Loss",
+    "SigmoidFocalLoss",
+    "SoftmaxFocalLoss",
+    "balanced_l1_loss",
+    "sigmoid_focal_loss",
+    "softmax_focal_loss",
+]

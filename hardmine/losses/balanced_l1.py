@@ -1,0 +1,64 @@
+"""Balanced L1 loss (Pang et al., "Libra R-CNN: Towards Balanced Learning for Object Detection", CVPR 2019).
+
+With x = |pred - target| and b = exp(gamma / alpha) - 1 (so that the two pieces meet at x = beta):
+
+    L(x) = alpha / b * (b x + 1) * log(b x / beta + 1) - alpha x     if x < beta
+    L(x) = gamma x + gamma / b - alpha beta                           otherwise
+
+It raises the gradient of inliers (x < beta) above smooth L1's, so accurate boxes are not drowned
+out by outliers; gamma caps the outliers' gradient. The formula is the authors' implementation's:
+value and gradient are continuous at beta for beta = 1 (the paper's), the value for any beta.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from hardmine.losses.reduction import check_reduction, weight_reduce_loss
+
+
+def balanced_l1_loss(
+    pred: Tensor,
+    target: Tensor,
+    alpha: float = 0.5,
+    gamma: float = 1.5,
+    beta: float = 1.0,
+    reduction: str = "none",
+) -> Tensor:
+    """Elementwise balanced L1 of `pred - target` (same shape), reduced by none / mean / sum."""
+    if alpha <= 0 or gamma <= 0 or beta <= 0:
+        raise ValueError(f"alpha, gamma and beta must be > 0, got {alpha}, {gamma}, {beta}")
+    check_reduction(reduction)
+    x = (pred - target).abs()
+    b = math.expm1(gamma / alpha)
+    xi = x.clamp_max(beta)  # the inlier piece is only used below beta; clamping keeps it finite
+    inlier = alpha / b * (b * xi + 1) * torch.log1p(b * xi / beta) - alpha * xi
+    outlier = gamma * x + (gamma / b - alpha * beta)
+    return weight_reduce_loss(torch.where(x < beta, inlier, outlier), None, reduction)
+
+
+class BalancedL1Loss(nn.Module):
+    """`balanced_l1_loss` with the `weight` (per element) / `reduction` / `avg_factor` convention."""
+
+    def __init__(
+        self, alpha: float = 0.5, gamma: float = 1.5, beta: float = 1.0, reduction: str = "mean"
+    ) -> None:
+        super().__init__()
+        check_reduction(reduction)
+        self.alpha = alpha
+        self.gamma = gamma
+        self.beta = beta
+        self.reduction = reduction
+
+    def forward(
+        self,
+        pred: Tensor,
+        target: Tensor,
+        weight: Tensor | None = None,
+        avg_factor: float | Tensor | None = None,
+    ) -> Tensor:
+        loss = balanced_l1_loss(pred, target, self.alpha, self.gamma, self.beta)
+        return weight_reduce_loss(loss, weight, self.reduction, avg_factor)
