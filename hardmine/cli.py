@@ -1,22 +1,17 @@
-"""Command-line interface: `hardmine train | eval | predict | proposals | gallery | data synth | weights`."""
+"""Command-line interface: `hardmine train | eval | predict | proposals | gallery | compare | data synth |
+weights`."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
 import torch
 
 from hardmine import __version__
-from hardmine.config import (
-    SAMPLER_NAMES,
-    Config,
-    apply_overrides,
-    config_from_dict,
-    describe_options,
-    load_config,
-)
+from hardmine.config import SAMPLER_NAMES, Config, describe_options, load_config
 from hardmine.errors import HardmineError, TrainingInterrupted
 
 TRAIN_EPILOG = """\
@@ -47,18 +42,9 @@ def _load_trained(
     checkpoint: str, overrides: list[str]
 ) -> tuple[Config, torch.nn.Module, dict, torch.device]:
     """Config (checkpoint's, with overrides), model with the checkpoint's weights, payload, device."""
-    from hardmine.engine.checkpoint import load_checkpoint, load_model_state
-    from hardmine.engine.inference import resolve_device
-    from hardmine.models.build import build_model
+    from hardmine.engine.inference import load_trained
 
-    payload = load_checkpoint(checkpoint)
-    cfg = config_from_dict(payload["config"])
-    apply_overrides(cfg, overrides)
-    device = resolve_device(cfg.train.device)
-    model = build_model(cfg, len(payload["categories"]))
-    load_model_state(model, payload["model"], checkpoint)
-    model.to(device).eval()
-    return cfg, model, payload, device
+    return load_trained(checkpoint, overrides)
 
 
 def _check_categories(payload: dict, index, checkpoint: str) -> None:
@@ -70,15 +56,18 @@ def _check_categories(payload: dict, index, checkpoint: str) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from hardmine.data.sources import resolve_split
-    from hardmine.engine.evaluate import format_metrics_table, write_metrics_json
+    from hardmine.engine.evaluate import PR_CURVE_FILE, format_metrics_table, write_metrics_json
     from hardmine.engine.trainer import evaluate_model, load_split_proposals
 
     cfg, model, payload, device = _load_trained(args.checkpoint, args.overrides)
     index = resolve_split(cfg.data, "val")
     _check_categories(payload, index, args.checkpoint)
     proposals = load_split_proposals(cfg, "val", index)
-    metrics = evaluate_model(model, cfg, index, device, proposals=proposals)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = evaluate_model(
+        model, cfg, index, device, proposals=proposals, pr_curve_path=out / PR_CURVE_FILE
+    )
     path = write_metrics_json(
         out / "metrics.json",
         metrics,
@@ -195,6 +184,49 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     return 0
 
 
+COMPARE_EPILOG = """\
+SPEC is a YAML file listing the runs (a preset of configs/ plus overrides each, a display name and a
+detector family), the seeds and the budget; see docs/compare.md and configs/compare/default.yaml.
+Every run trains in its own `python -m hardmine train` process into OUT/runs/NAME-seedN; runs that
+finished before with the same config are skipped and interrupted ones resume, so re-running the same
+command continues an interrupted comparison. The report (OUT/report.md, a self-contained
+OUT/report.html) has a results table per family, plots, a gallery of hard examples and the command,
+config and library versions of every run; OUT/results.csv and OUT/results.json hold the numbers.
+Exits with status 1 if a run failed (the report names it and shows the end of its output).
+
+examples:
+  hardmine compare                                   # the default spec: 6 strategies, ~15 min on 2 cores
+  hardmine compare --quick                           # a 2-minute smoke test
+  hardmine compare --seeds 3 --budget 1800 --out runs/compare/long
+  hardmine compare my_spec.yaml data.image_root=coco/images --data coco/train.json,coco/val.json
+  hardmine compare --data VOC2007                    # VOC: one root, trainval to train, test to evaluate
+"""
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from hardmine.report.compare import compare, format_outcome
+    from hardmine.report.spec import DEFAULT_SPEC, QUICK_SPEC, display_path, load_spec
+
+    spec_path, overrides = _split_config_and_overrides(args.items)
+    if args.quick and spec_path:
+        raise HardmineError(
+            f"--quick runs {display_path(QUICK_SPEC)}; give either --quick or a SPEC "
+            "(a spec is shortened with --budget and --seeds)"
+        )
+    source = QUICK_SPEC if args.quick else Path(spec_path) if spec_path else DEFAULT_SPEC
+    spec = load_spec(source).with_options(
+        seeds=args.seeds, budget=args.budget, data=args.data, overrides=overrides
+    )
+    out = Path(args.out) if args.out else Path("runs/compare") / source.stem
+    invocation = ["hardmine", "compare", display_path(source), *overrides]
+    for flag, value in (("--seeds", args.seeds), ("--budget", args.budget), ("--data", args.data)):
+        if value is not None:
+            invocation += [flag, str(value)]
+    outcome = compare(spec, out, shlex.join([*invocation, "--out", str(out)]))
+    print(format_outcome(outcome))
+    return 1 if outcome.failed else 0
+
+
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from hardmine.data.synthetic import generate_synthetic
 
@@ -292,6 +324,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="PNG to write (default: CHECKPOINT_FOLDER/gallery/IMAGE_HEAD_SAMPLER.png)",
     )
     p.set_defaults(func=cmd_gallery)
+
+    p = sub.add_parser(
+        "compare",
+        help="train several strategies under one budget and report which wins (tables, plots, gallery)",
+        description="Train every run of SPEC (default: configs/compare/default.yaml) with the same data,\n"
+        "seeds and iteration budget, each in its own process, then write OUT/report.md, a self-contained\n"
+        "OUT/report.html, OUT/results.csv and OUT/results.json. KEY=VALUE overrides (before the options)\n"
+        "apply to every run, after the runs' own.",
+        epilog=COMPARE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "items",
+        nargs="*",
+        metavar="[SPEC.yaml] KEY=VALUE",
+        help="comparison spec, then overrides for every run",
+    )
+    p.add_argument(
+        "--data",
+        metavar="TRAIN[,VAL]",
+        help="train (and evaluate) every run on this COCO .json or VOC root instead of the spec's data; "
+        "VAL defaults to TRAIN (right for a VOC root: its train and test splits)",
+    )
+    p.add_argument(
+        "--seeds", type=int, metavar="N", help="train every run with seeds 0..N-1 (default: the spec's)"
+    )
+    p.add_argument(
+        "--budget", type=int, metavar="ITERS", help="training iterations of every run (default: the spec's)"
+    )
+    p.add_argument("--out", metavar="DIR", help="output folder (default: runs/compare/SPEC_NAME)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="run configs/compare/quick.yaml: a 2-minute smoke test on tiny data",
+    )
+    p.set_defaults(func=cmd_compare)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("synth", help="write the built-in synthetic dataset (COCO format)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -134,14 +135,43 @@ def _silent(*_args: object, **_kwargs: object) -> None:
     """Discard the evaluator's progress and summary lines."""
 
 
-def coco_metrics(index: DatasetIndex, predictions: Predictions, verbose: bool = False) -> dict[str, float]:
-    """COCO box metrics (keys METRIC_KEYS, values in [0, 1]) from faster-coco-eval.
+#: File name of the precision-recall curve a training run writes next to metrics.json.
+PR_CURVE_FILE = "pr50.json"
 
-    Images absent from `predictions` count as images with no detections; a prediction for an
-    image id the index lacks raises ValueError. A metric is -1.0, as in COCO, when no ground truth
-    falls in its range (e.g. APs on a dataset without small objects, or every metric on a dataset
-    without objects). `verbose` prints the evaluator's usual summary.
-    """
+
+@dataclass
+class PRCurve:
+    """COCO's interpolated precision at its 101 recall thresholds, at IoU 0.5, all object sizes,
+    up to 100 detections per image: `precision` is the mean over the classes that have ground
+    truth (empty when none has), `per_class` each such class's curve by name. It is the curve
+    whose mean is AP50, kept so reports can plot it."""
+
+    recall: list[float]
+    precision: list[float]
+    per_class: dict[str, list[float]]
+
+
+def _pr_curve_50(evaluator: COCOeval_faster, index: DatasetIndex) -> PRCurve:
+    """The IoU-0.5 curve from the evaluator's accumulated precision [IoU, recall, class, area, maxDets]."""
+    precision = np.asarray(evaluator.eval["precision"])[
+        int(np.argmin(np.abs(np.asarray(evaluator.params.iouThrs) - 0.5))), :, :, 0, -1
+    ]
+    names = {c.id: c.name for c in index.categories}
+    per_class = {
+        names[int(cat_id)]: precision[:, k].round(6).tolist()
+        for k, cat_id in enumerate(evaluator.params.catIds)
+        if (precision[:, k] >= 0).all()  # -1: no ground truth of that class
+    }
+    mean = np.mean(list(per_class.values()), axis=0).round(6).tolist() if per_class else []
+    return PRCurve(
+        recall=np.asarray(evaluator.params.recThrs).round(6).tolist(), precision=mean, per_class=per_class
+    )
+
+
+def coco_evaluation(
+    index: DatasetIndex, predictions: Predictions, verbose: bool = False
+) -> tuple[dict[str, float], PRCurve]:
+    """COCO box metrics (see `coco_metrics`) and the precision-recall curve at IoU 0.5 (`PRCurve`)."""
     say = print if verbose else _silent
     gt = COCO(coco_ground_truth(index), print_function=say)
     dt = gt.loadRes(to_coco_results(index, predictions))
@@ -150,7 +180,19 @@ def coco_metrics(index: DatasetIndex, predictions: Predictions, verbose: bool = 
     evaluator.accumulate()
     evaluator.summarize()
     stats = evaluator.stats_as_dict
-    return {key: float(stats[name]) for key, name in _EVALUATOR_KEYS.items()}
+    metrics = {key: float(stats[name]) for key, name in _EVALUATOR_KEYS.items()}
+    return metrics, _pr_curve_50(evaluator, index)
+
+
+def coco_metrics(index: DatasetIndex, predictions: Predictions, verbose: bool = False) -> dict[str, float]:
+    """COCO box metrics (keys METRIC_KEYS, values in [0, 1]) from faster-coco-eval.
+
+    Images absent from `predictions` count as images with no detections; a prediction for an
+    image id the index lacks raises ValueError. A metric is -1.0, as in COCO, when no ground truth
+    falls in its range (e.g. APs on a dataset without small objects, or every metric on a dataset
+    without objects). `verbose` prints the evaluator's usual summary.
+    """
+    return coco_evaluation(index, predictions, verbose)[0]
 
 
 def format_metrics_table(metrics: Mapping[str, float]) -> str:
@@ -195,6 +237,17 @@ def write_metrics_json(
         raise ValueError(f"extra keys {clash} repeat metric names")
     payload = {**{k: float(v) for k, v in metrics.items()}, **extra}
     return _write_atomic(path, json.dumps(payload, indent=2) + "\n")
+
+
+def write_pr_curve_json(path: str | os.PathLike[str], curve: PRCurve) -> Path:
+    """Write `curve` as JSON ({"iou": 0.5, "recall", "precision", "per_class"}), atomically."""
+    return _write_atomic(path, json.dumps({"iou": 0.5, **asdict(curve)}) + "\n")
+
+
+def read_pr_curve_json(path: str | os.PathLike[str]) -> PRCurve:
+    """The curve `write_pr_curve_json` wrote."""
+    data = json.loads(Path(path).read_text())
+    return PRCurve(recall=data["recall"], precision=data["precision"], per_class=data["per_class"])
 
 
 def write_coco_results(path: str | os.PathLike[str], index: DatasetIndex, predictions: Predictions) -> Path:

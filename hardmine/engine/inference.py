@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from hardmine.config import Config, apply_overrides, config_from_dict
 from hardmine.data.dataset import DetectionDataset, collate_detection
 from hardmine.data.records import DatasetIndex
+from hardmine.engine.checkpoint import load_checkpoint, load_model_state
+from hardmine.models.build import build_model
 
 Predictions = dict[int, dict[str, Tensor]]
 
@@ -19,6 +24,21 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def load_trained(
+    checkpoint: str | Path, overrides: list[str] | None = None
+) -> tuple[Config, nn.Module, dict[str, Any], torch.device]:
+    """A trained model in eval mode on its device, from a checkpoint: (the checkpoint's config with
+    `overrides` applied, the model, the checkpoint payload, the device)."""
+    payload = load_checkpoint(checkpoint)
+    cfg = config_from_dict(payload["config"])
+    apply_overrides(cfg, overrides or [])
+    device = resolve_device(cfg.train.device)
+    model = build_model(cfg, len(payload["categories"]))
+    load_model_state(model, payload["model"], str(checkpoint))
+    model.to(device).eval()
+    return cfg, model, payload, device
 
 
 @torch.no_grad()

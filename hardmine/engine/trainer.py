@@ -30,7 +30,13 @@ from hardmine.data.dataset import DetectionDataset, collate_detection
 from hardmine.data.records import DatasetIndex
 from hardmine.data.sources import check_same_categories, resolve_split
 from hardmine.engine.checkpoint import FINAL, LAST, load_checkpoint, load_model_state, save_checkpoint
-from hardmine.engine.evaluate import coco_metrics, format_metrics_table, write_metrics_json
+from hardmine.engine.evaluate import (
+    PR_CURVE_FILE,
+    coco_evaluation,
+    format_metrics_table,
+    write_metrics_json,
+    write_pr_curve_json,
+)
 from hardmine.engine.inference import predict_dataset, resolve_device
 from hardmine.engine.logging import MetricLogger
 from hardmine.engine.proposals import load_proposals
@@ -182,8 +188,9 @@ def evaluate_model(
     index: DatasetIndex,
     device: torch.device,
     proposals: dict[int, Tensor] | None = None,
+    pr_curve_path: Path | None = None,
 ) -> dict[str, float]:
-    """COCO (and/or VOC) metrics of `model` on `index`."""
+    """COCO (and/or VOC) metrics of `model` on `index` (see `compute_metrics` for `pr_curve_path`)."""
     predictions = predict_dataset(
         model,
         index,
@@ -192,19 +199,29 @@ def evaluate_model(
         num_workers=cfg.data.num_workers,
         proposals=proposals,
     )
-    return compute_metrics(cfg, index, predictions)
+    return compute_metrics(cfg, index, predictions, pr_curve_path)
 
 
 def compute_metrics(
-    cfg: Config, index: DatasetIndex, predictions: dict[int, dict[str, Tensor]]
+    cfg: Config,
+    index: DatasetIndex,
+    predictions: dict[int, dict[str, Tensor]],
+    pr_curve_path: Path | None = None,
 ) -> dict[str, float]:
-    """The metric set `cfg.eval.metric` asks for (auto: COCO, plus VOC metrics for VOC data)."""
+    """The metric set `cfg.eval.metric` asks for (auto: COCO, plus VOC metrics for VOC data).
+
+    With COCO metrics and a `pr_curve_path`, the precision-recall curve at IoU 0.5 is written there
+    too (`write_pr_curve_json`), for reports that plot it.
+    """
     metric = cfg.eval.metric
     if metric == "auto":
         metric = "coco" if index.source.suffix == ".json" else "both"  # VOC: the split file
     metrics: dict[str, float] = {}
     if metric in ("coco", "both"):
-        metrics.update(coco_metrics(index, predictions))
+        coco, pr_curve = coco_evaluation(index, predictions)
+        metrics.update(coco)
+        if pr_curve_path is not None:
+            write_pr_curve_json(pr_curve_path, pr_curve)
     if metric in ("voc", "both"):
         metrics.update(voc_metrics(index, predictions))
     return metrics
@@ -376,7 +393,9 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
     )
     if cfg.train.eval_at_end:
         val_proposals = load_split_proposals(cfg, "val", val_index)
-        metrics = evaluate_model(model, cfg, val_index, device, proposals=val_proposals)
+        metrics = evaluate_model(
+            model, cfg, val_index, device, proposals=val_proposals, pr_curve_path=out / PR_CURVE_FILE
+        )
         result.metrics = metrics
         write_metrics_json(
             out / "metrics.json",
@@ -386,6 +405,7 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
                 "seconds_per_iter": result.seconds_per_iter,
                 "images_per_second": result.images_per_second,
                 "peak_memory_mb": result.peak_memory_mb,
+                "device": str(device),
                 "skipped_steps": skipped,
             },
         )

@@ -11,6 +11,9 @@ the caller's RNG is left as it was; and every module's mode, the head's sampler 
 `last_stats` are restored afterwards. The returned `Selection` holds the candidates mapped back from
 the model's resized coordinates to the original image (as predictions are); `draw_selection` draws
 it, and `render_selection` does both for one image of a dataset, as `hardmine gallery` does.
+For samplers that select nothing (`none`: every candidate trains, as in RetinaNet with focal loss),
+`highest_loss` draws instead the candidates that the head's own loss weights most: the recorder
+then asks the head for every candidate's loss although the sampler does not need it.
 
 The image is a batch of one: OHEM's per-batch budget (B x images) is then B, and the foreground /
 background split can differ from a training batch, where images compete for the budget.
@@ -75,14 +78,24 @@ class SamplerCall:
 
 class RecordingSampler:
     """Stands in for `sampler` in a head: delegates every call and attribute to it and appends each
-    call's inputs and outputs to `calls`, so the selection can be shown exactly as made."""
+    call's inputs and outputs to `calls`, so the selection can be shown exactly as made.
 
-    def __init__(self, sampler: Sampler) -> None:
+    score_all: also record every candidate's losses when `sampler` does not rank by loss (the head
+    then passes its scoring callable, which the recorder calls; the sampler still gets none).
+    """
+
+    def __init__(self, sampler: Sampler, score_all: bool = False) -> None:
         self.sampler = sampler
+        self.score_all = score_all
         self.calls: list[SamplerCall] = []
 
+    @property
+    def needs_scores(self) -> bool:
+        """Whether the head passes its scoring callable: the sampler's wish, or `score_all`."""
+        return self.sampler.needs_scores or self.score_all
+
     def __getattr__(self, name: str) -> Any:
-        """Everything not recorded (needs_scores, thresholds, mode, last_stats, ...) is the sampler's."""
+        """Everything not recorded (thresholds, mode, last_stats, ...) is the sampler's."""
         sampler = self.__dict__.get("sampler")
         if sampler is None:
             raise AttributeError(name)
@@ -96,6 +109,9 @@ class RecordingSampler:
             losses[:] = score_fn(labels)
             return losses
 
+        if score_fn is not None and not self.sampler.needs_scores:  # score_all: losses for the record only
+            recording_score_fn(assign_labels(candidates, self.sampler.thresholds))
+            score_fn = None
         results = self.sampler(candidates, recording_score_fn if score_fn is not None else None)
         self.calls.append(SamplerCall(candidates, losses or None, results, dict(self.sampler.last_stats)))
         return results
@@ -137,6 +153,15 @@ class Selection:
     def eligible(self) -> Tensor:
         """[N] bool: candidates the sampler could select (assigned foreground or background)."""
         return self.assigned >= 0
+
+    def highest_loss(self, k: int) -> Tensor:
+        """The `k` eligible candidates with the highest classification loss (indices into `boxes`,
+        highest first); needs the losses recorded (`record_selection(..., score_all=True)`)."""
+        if self.call.losses is None:
+            raise HardmineError("no candidate losses were recorded; use record_selection(score_all=True)")
+        loss = self.call.losses[0].cls.detach().float().cpu().masked_fill(~self.eligible, float("-inf"))
+        order = loss.argsort(descending=True)
+        return order[: min(k, int(self.eligible.sum()))]
 
     @property
     def counts(self) -> dict[str, int]:
@@ -252,7 +277,13 @@ def _sampler_replaced(head: nn.Module, sampler: RecordingSampler) -> Iterator[No
 
 
 def record_selection(
-    model: nn.Module, image: Tensor, target: Target, head: str, sampler: Sampler, seed: int = 0
+    model: nn.Module,
+    image: Tensor,
+    target: Target,
+    head: str,
+    sampler: Sampler,
+    seed: int = 0,
+    score_all: bool = False,
 ) -> Selection:
     """What `sampler` selects for `head` on one image, `model` left unchanged.
 
@@ -260,10 +291,11 @@ def record_selection(
     `DetectionDataset` gives it ("boxes", "labels", optional "ignore_boxes", "proposals" for
     Fast R-CNN). Runs the model's training forward, its sampler of `head` replaced by a
     `RecordingSampler` around `sampler`, in the read-only mode of the module docstring.
+    score_all: record every candidate's losses even if `sampler` does not rank by loss.
     """
     head_module = check_head(model, head)
     device = next(model.parameters()).device
-    recorder = RecordingSampler(sampler)
+    recorder = RecordingSampler(sampler, score_all=score_all)
     resized_sizes: list[tuple[int, int]] = []
 
     def keep_resized_size(module: nn.Module, inputs: Any, output: Any) -> None:
@@ -325,6 +357,34 @@ def draw_selection(image: Tensor | str | Path, selection: Selection, show_all: b
     return draw_legend(canvas, legend_lines(selection, show_all))
 
 
+def highest_loss_legend(selection: Selection, k: int) -> list[tuple[str, Color]]:
+    """The legend of `draw_highest_loss`: what the sampler trains on, then the drawn sets."""
+    top = selection.highest_loss(k)
+    fg = int((selection.assigned[top] > 0).sum())
+    c = selection.counts
+    trained = c["num_fg_selected"] + c["num_bg_selected"]
+    return [
+        (f"{selection.head}, sampler {selection.sampler}", NOTE_COLOR),
+        (f"{trained} of {c['num_candidates']} candidates train", NOTE_COLOR),
+        (f"top {len(top)} by cls loss:", NOTE_COLOR),
+        (f"{fg} fg", FG_COLOR),
+        (f"{len(top) - fg} bg", BG_COLOR),
+        (f"{c['num_gt']} ground truth", GT_COLOR),
+    ]
+
+
+def draw_highest_loss(image: Tensor | str | Path, selection: Selection, k: int) -> Image.Image:
+    """`image` with the ground truth (white, 3 px) and the `k` eligible candidates with the highest
+    classification loss, background (magenta) then foreground (green), and the legend."""
+    top = selection.highest_loss(k)
+    fg = top[selection.assigned[top] > 0]
+    bg = top[selection.assigned[top] == 0]
+    canvas = draw_boxes(image, selection.gt_boxes, GT_COLOR, width=3)
+    canvas = draw_boxes(canvas, selection.boxes[bg], BG_COLOR)
+    canvas = draw_boxes(canvas, selection.boxes[fg], FG_COLOR)
+    return draw_legend(canvas, highest_loss_legend(selection, k))
+
+
 def render_selection(
     model: nn.Module,
     cfg: Config,
@@ -333,13 +393,16 @@ def render_selection(
     head: str | None = None,
     sampler: str = "ohem",
     show_all: bool = False,
+    highest_loss: int = 0,
 ) -> tuple[Image.Image, Selection]:
     """Record and draw what `sampler` selects for `head` on `record`, an image of `index`.
 
     head: a config section name ("roi_head", "rpn", "dense_head"); None for the model's main head
     (roi_head for Fast/Faster R-CNN, dense_head for RetinaNet). sampler: a sampler name, built with
     the options of `cfg`'s `head` section (e.g. roi_head.ohem). Fast R-CNN reads the candidates of
-    `index` from its configured training proposals file (data.train_proposals).
+    `index` from its configured training proposals file (data.train_proposals). highest_loss > 0:
+    draw instead that many eligible candidates with the highest classification loss under the
+    head's own loss (`draw_highest_loss`), for samplers that keep every candidate (`none`).
     """
     head = head or next(iter(sampling_heads(model)))
     check_head(model, head)
@@ -349,5 +412,9 @@ def render_selection(
         proposals = {record.image_id: proposals[record.image_id]}
     one_image = dataclasses.replace(index, records=[record])
     image, target = DetectionDataset(one_image, train=False, proposals=proposals)[0]
-    selection = record_selection(model, image, target, head, chosen, seed=cfg.train.seed)
+    selection = record_selection(
+        model, image, target, head, chosen, seed=cfg.train.seed, score_all=highest_loss > 0
+    )
+    if highest_loss > 0:
+        return draw_highest_loss(image, selection, highest_loss), selection
     return draw_selection(image, selection, show_all), selection

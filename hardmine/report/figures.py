@@ -1,0 +1,138 @@
+"""The comparison's figures: which data of the runs' folders each plot shows, averaged over seeds.
+
+* training loss: `loss` of log.csv (the sum of the detector's losses), per logged iteration;
+* fg share: `HEAD/fg_loss_share` of log.csv for the head whose sampler is compared (the RoI head
+  of a two-stage detector, the dense head of RetinaNet): the share of that head's classification
+  loss, summed over the candidates it trains on, that comes from foreground candidates;
+* AP per method: metrics.json's AP, mean ± std over seeds;
+* precision-recall at IoU 0.5: pr50.json (written by the trainer's evaluation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hardmine.engine.evaluate import PR_CURVE_FILE, read_pr_curve_json
+from hardmine.report.hard_examples import MAIN_HEAD
+from hardmine.report.plots import (
+    Bar,
+    Curve,
+    method_colors,
+    plot_ap_bars,
+    plot_fg_share,
+    plot_loss_curves,
+    plot_pr_curves,
+)
+from hardmine.report.results import MethodSummary, RunRecord, mean_over_seeds, read_log_columns
+
+#: Config section of a head -> its prefix in log.csv.
+LOG_PREFIX = {"roi_head": "roi", "dense_head": "dense", "rpn": "rpn"}
+
+
+@dataclass
+class FigureFile:
+    """A written plot: `path` relative to the report's folder, and what it shows."""
+
+    key: str
+    path: Path
+    caption: str
+
+
+def _log_curve(
+    runs: Sequence[RunRecord], column: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+    series = []
+    for run in runs:
+        log = read_log_columns(Path(run.run_dir) / "log.csv", [column])
+        if column in log and len(log[column]):
+            series.append((log["iteration"], log[column]))
+    return mean_over_seeds(series) if series else None
+
+
+def _pr_curve(runs: Sequence[RunRecord]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+    series = []
+    for run in runs:
+        path = Path(run.run_dir) / PR_CURVE_FILE
+        if path.is_file():
+            curve = read_pr_curve_json(path)
+            if curve.precision:
+                series.append((np.asarray(curve.recall), np.asarray(curve.precision)))
+    return mean_over_seeds(series) if series else None
+
+
+def make_figures(
+    records: Sequence[RunRecord],
+    summaries: Sequence[MethodSummary],
+    arch: dict[str, str],
+    folder: Path,
+    subdir: str = "plots",
+) -> list[FigureFile]:
+    """Write the plots of the successful runs to `folder/subdir`; `arch` maps a method name to
+    its model.arch (which head's log columns to read). Methods without data are left out."""
+    ok = [r for r in records if r.ok]
+    if not ok:
+        return []
+    colors = method_colors([s.name for s in summaries])
+    loss, share, pr = [], [], []
+    for s in summaries:
+        runs = [r for r in ok if r.name == s.name]
+        if not runs:
+            continue
+        head = MAIN_HEAD[arch[s.name]]
+        for out, column in ((loss, "loss"), (share, f"{LOG_PREFIX[head]}/fg_loss_share")):
+            curve = _log_curve(runs, column)
+            if curve is not None:
+                out.append(Curve(s.name, s.family, *curve))
+        curve = _pr_curve(runs)
+        if curve is not None:
+            pr.append(Curve(s.name, s.family, *curve))
+    bars = [Bar(s.name, s.family, s.stats["AP"].mean, s.stats["AP"].std) for s in summaries if s.seeds]
+    seeds = max(len(s.seeds) for s in summaries)
+    spread = "; bands: ±1 std over seeds" if seeds > 1 else ""
+    plots = folder / subdir
+    written = []
+    if loss:
+        written.append(
+            FigureFile(
+                "loss",
+                plot_loss_curves(loss, colors, plots / "loss.png").relative_to(folder),
+                "Training loss (the sum of the detector's losses, log scale) per logged iteration, mean "
+                f"over seeds: faint raw, solid smoothed (exponential moving average){spread}. Losses of "
+                "different methods are different functions; compare their shapes, not their levels.",
+            )
+        )
+    if share:
+        written.append(
+            FigureFile(
+                "fg_share",
+                plot_fg_share(share, colors, plots / "fg_share.png").relative_to(folder),
+                "Foreground share of the classification loss of the head whose candidates are chosen "
+                "(`roi/fg_loss_share` of a two-stage detector, `dense/fg_loss_share` of RetinaNet in "
+                "log.csv): the loss of the foreground candidates it trains on over the loss of all of "
+                f"them{spread}. Near 0 the background candidates dominate the classification gradient.",
+            )
+        )
+    if bars:
+        written.append(
+            FigureFile(
+                "ap",
+                plot_ap_bars(bars, colors, plots / "ap.png").relative_to(folder),
+                "COCO AP (IoU 0.5:0.95) per method on the validation set, mean over seeds"
+                + ("; error bars: ±1 std over seeds." if seeds > 1 else " (one seed: no error bars)."),
+            )
+        )
+    if pr:
+        written.append(
+            FigureFile(
+                "pr50",
+                plot_pr_curves(pr, colors, plots / "pr50.png").relative_to(folder),
+                "Precision against recall at IoU 0.5 on the validation set (COCO's interpolated curve "
+                "at 101 recall points, mean over classes, up to 100 detections per image), mean over "
+                f"seeds{spread}. The area under each curve is its AP50.",
+            )
+        )
+    return written

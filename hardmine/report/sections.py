@@ -1,0 +1,219 @@
+"""The comparison report's content: its sections, in order, as document blocks (see
+`hardmine.report.document`), from the runs' results, the figures and the gallery.
+
+Sections: the setup in one paragraph; a results table per detector family; failed runs with the
+end of their output; the plots; the hard-example gallery; and how to reproduce every run (its
+command, its full config, the library versions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hardmine.config import Config
+from hardmine.report.document import (
+    Block,
+    BulletList,
+    Code,
+    Details,
+    Figure,
+    Gallery,
+    Heading,
+    Paragraph,
+    Table,
+)
+from hardmine.report.figures import FigureFile
+from hardmine.report.hard_examples import Example
+from hardmine.report.results import (
+    FAILED,
+    MeanStd,
+    MethodSummary,
+    RunRecord,
+    families,
+    format_stat,
+    table_rows,
+)
+from hardmine.report.spec import CompareSpec, display_path
+
+FIGURE_TITLES = {
+    "loss": "Training loss",
+    "fg_share": "Foreground share of the classification loss",
+    "ap": "AP per method",
+    "pr50": "Precision-recall at IoU 0.5",
+}
+
+
+@dataclass
+class ReportInputs:
+    """Everything the report shows. `configs`: each run folder's config.yaml text; `cfg`: the first
+    run's config (for the data and batch size, which all runs share unless the spec says otherwise)."""
+
+    spec: CompareSpec
+    cfg: Config
+    records: list[RunRecord]
+    summaries: list[MethodSummary]
+    figures: list[FigureFile]
+    examples: list[Example]
+    configs: dict[str, str]
+    invocation: str
+    machine: str
+    versions: dict[str, str]
+    generated: str
+
+
+def describe_data(cfg: Config) -> str:
+    d = cfg.data
+    if not d.train:
+        return (
+            f"the built-in dataset ({d.synth_train} training / {d.synth_val} validation images, "
+            f"seed {d.synth_seed}, `{d.synth_dir}`)"
+        )
+    return f"`{d.train}` (training) and `{d.val}` (validation)"
+
+
+def _setup(r: ReportInputs) -> list[Block]:
+    seeds = r.spec.seeds
+    return [
+        Paragraph(
+            f"{len(r.spec.runs)} methods x {len(seeds)} seed{'s' if len(seeds) > 1 else ''} "
+            f"({', '.join(map(str, seeds))}), {r.spec.budget} training iterations each (batch "
+            f"{r.cfg.data.batch_size}), on {describe_data(r.cfg)}; evaluated on the validation set with "
+            f"COCO metrics. Spec `{display_path(r.spec.source)}`; generated {r.generated} by "
+            f"`{r.invocation}` on {r.machine}."
+        )
+    ]
+
+
+def _results(r: ReportInputs) -> list[Block]:
+    blocks: list[Block] = [
+        Heading("Results"),
+        Paragraph(
+            "AP (IoU 0.5:0.95), AP50, AP75, APs / APm / APl (small, medium, large objects) and AR@100 on "
+            "the validation set, in percent: mean ± std over seeds (no ± with one seed; – where no "
+            "ground truth falls in the range). s/iter and images/s: training speed (runs one after "
+            "another on the machine above); peak memory: the training process's peak resident memory "
+            "(on a GPU: peak allocated CUDA memory)."
+        ),
+    ]
+    for family, members in families(r.summaries).items():
+        header, rows = table_rows(members)
+        blocks += [Heading(family, 3), Table(header, rows)]
+        blocks.extend(_leader(members))
+    failed = [run for run in r.records if run.status == FAILED]
+    if failed:
+        blocks.append(Heading("Failed runs"))
+        for run in failed:
+            blocks += [
+                Paragraph(
+                    f"{run.name}, seed {run.seed} (command under Reproduce): the end of its output, "
+                    f"`{run.run_dir}/train.log`:"
+                ),
+                Code(run.error or "", "text"),
+            ]
+    return blocks
+
+
+def _leader(members: list[MethodSummary]) -> list[Block]:
+    """The method(s) with the highest mean AP as shown (ties at the shown precision named together),
+    with a warning when there is no spread to judge the gap by."""
+    scored = [s for s in members if s.stats["AP"].mean is not None]
+    if len(scored) < 2:
+        return []
+    shown = {s.name: format_stat(MeanStd(s.stats["AP"].mean, None, 1), "AP") for s in scored}
+    top = max(scored, key=lambda s: s.stats["AP"].mean or 0.0)
+    leaders = [s.name for s in scored if shown[s.name] == shown[top.name]]
+    text = f"Highest mean AP: {' and '.join(leaders)} ({shown[top.name]})."
+    if all(s.stats["AP"].n < 2 for s in scored):
+        text += " With one seed per method there is no spread to tell a real gap from seed noise."
+    return [Paragraph(text)]
+
+
+def _figures(r: ReportInputs) -> list[Block]:
+    if not r.figures:
+        return [Heading("Plots"), Paragraph("No run finished, so there is nothing to plot.")]
+    blocks: list[Block] = []
+    for figure in r.figures:
+        title = FIGURE_TITLES[figure.key]
+        blocks += [Heading(title), Figure(figure.path, figure.caption, alt=title)]
+    return blocks
+
+
+def _gallery(r: ReportInputs) -> list[Block]:
+    intro = Paragraph(
+        "The same training image for every method, with the candidates of the head whose sampling is "
+        "compared, from each method's trained model (its first successful seed). Methods that select "
+        "candidates show their selection; methods that train on every candidate (sampler `none`) show "
+        f"the {r.spec.gallery.top_k} with the highest classification loss, the ones their loss weights "
+        "most. Each caption says what is drawn."
+    )
+    drawn = [Figure(e.path, e.caption, alt=f"hard examples of {e.name}") for e in r.examples if e.path]
+    missing = [f"{e.name}: {e.caption}" for e in r.examples if e.path is None]
+    blocks: list[Block] = [Heading("Hard examples"), intro]
+    if drawn:
+        blocks.append(Gallery(drawn))
+    if missing:
+        blocks.append(BulletList(missing))
+    return blocks
+
+
+def _version_text(versions: dict[str, str]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in versions.items())
+
+
+def _reproduce(r: ReportInputs) -> list[Block]:
+    recorded = [run.versions for run in r.records if run.versions]
+    shared = all(v == r.versions for v in recorded)
+    blocks: list[Block] = [
+        Heading("Reproduce"),
+        Paragraph(
+            "Every run is an ordinary `hardmine train` run: its command below trains it on its own "
+            f"(same data, seed and budget). The whole comparison again: `{r.invocation}` (runs that "
+            "finished in the output folder are skipped, interrupted ones resume)."
+        ),
+        Table(["library", "version"], [[k, v] for k, v in r.versions.items()]),
+    ]
+    if not shared:
+        blocks.append(
+            Paragraph("Some runs were trained earlier with other versions; each run lists its own.")
+        )
+    for run in r.records:
+        inner: list[Block] = [Code(run.command, "bash")]
+        if run.versions and run.versions != r.versions:
+            inner.append(Paragraph(f"Trained with {_version_text(run.versions)}."))
+        inner.append(Code(r.configs.get(run.run_dir, ""), "yaml"))
+        blocks.append(Details(f"{run.name}, seed {run.seed}: command and config ({run.status})", inner))
+    return blocks
+
+
+def _files(r: ReportInputs) -> list[Block]:
+    return [
+        Heading("Files"),
+        BulletList(
+            [
+                "`results.csv`: one row per run (metrics, costs, status, folder, command).",
+                "`results.json`: the same runs, the per-method mean / std / number of seeds, and this setup.",
+                "`runs/METHOD-seedN/`: each run's `config.yaml`, `log.csv` (losses and per-head sampling "
+                "diagnostics), `metrics.json`, `pr50.json`, checkpoints, `train.log` and `run.json`.",
+            ]
+        ),
+    ]
+
+
+def build_sections(r: ReportInputs) -> list[Block]:
+    """The report's blocks, in order (the title is the spec's)."""
+    return [*_setup(r), *_results(r), *_figures(r), *_gallery(r), *_reproduce(r), *_files(r)]
+
+
+def about(r: ReportInputs) -> dict[str, object]:
+    """The setup as data, for results.json."""
+    return {
+        "title": r.spec.title,
+        "spec": display_path(r.spec.source),
+        "seeds": list(r.spec.seeds),
+        "budget": r.spec.budget,
+        "data": describe_data(r.cfg),
+        "invocation": r.invocation,
+        "machine": r.machine,
+        "versions": r.versions,
+        "generated": r.generated,
+    }

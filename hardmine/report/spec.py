@@ -1,0 +1,288 @@
+"""The comparison spec: which runs `hardmine compare` trains, with which seeds, budget and data.
+
+A spec is a YAML file (see docs/compare.md and configs/compare/default.yaml):
+
+    title: Sampling strategies on the built-in dataset   # optional; default: the file name
+    seeds: 1                # N (seeds 0..N-1) or a list of seeds
+    budget: 600             # training iterations of every run (sets solver.max_iter)
+    overrides: []           # KEY=VALUE applied to every run, e.g. data.train=... data.val=...
+    gallery:                # optional
+      image: null           # id or file name of the training image shown; null = the one with most objects
+      top_k: 64             # samplers that keep every candidate: how many highest-loss candidates to draw
+    runs:
+      - name: OHEM          # shown in tables and plots; unique
+        family: two-stage   # optional (from model.arch): two-stage (Faster/Fast R-CNN) or one-stage
+        preset: faster_rcnn_ohem   # a preset of configs/ (".yaml" optional) or a path to a YAML preset
+        overrides: [roi_head.ohem.nms_thresh=null]
+
+A run's config is its preset, then the spec's `overrides`, the run's `overrides`, the command line's
+overrides, and last what the comparison fixes for every run: `solver.max_iter` (the budget),
+`train.seed`, `output_dir` and `train.progress=false` (the comparison draws its own progress bars);
+the warmup is capped at a tenth of the budget. Every config is built and validated when the spec is
+loaded, so a bad preset or override fails before any training, naming the spec file and the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hardmine.config import Config, load_config
+from hardmine.errors import ConfigError
+
+#: The presets folder of the repository (`configs/`), where bare preset names are looked up.
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+#: The spec `hardmine compare` runs without a SPEC argument, and the one `--quick` runs.
+DEFAULT_SPEC = CONFIGS_DIR / "compare" / "default.yaml"
+QUICK_SPEC = CONFIGS_DIR / "compare" / "quick.yaml"
+
+FAMILIES = ("two-stage", "one-stage")
+#: model.arch -> family, when a run does not name its family.
+ARCH_FAMILY = {"faster_rcnn": "two-stage", "fast_rcnn": "two-stage", "retinanet": "one-stage"}
+
+_SPEC_KEYS = ("title", "seeds", "budget", "overrides", "gallery", "runs")
+_RUN_KEYS = ("name", "family", "preset", "overrides")
+_GALLERY_KEYS = ("image", "top_k")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One compared method: a preset plus overrides, with its display name and detector family."""
+
+    name: str
+    family: str
+    preset: Path
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def slug(self) -> str:
+        """The name as a folder name: lowercase letters, digits and dashes."""
+        return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
+
+
+@dataclass(frozen=True)
+class GallerySpec:
+    """Which training image the hard-example gallery shows, and how many candidates of samplers
+    that keep them all (`sampler=none`) are drawn, highest loss first."""
+
+    image: str | None = None
+    top_k: int = 64
+
+
+@dataclass(frozen=True)
+class CompareSpec:
+    """What `hardmine compare` trains: every run with every seed, `budget` iterations each."""
+
+    source: Path
+    title: str
+    runs: tuple[RunSpec, ...]
+    seeds: tuple[int, ...]
+    budget: int
+    overrides: tuple[str, ...] = ()
+    gallery: GallerySpec = field(default_factory=GallerySpec)
+    #: Overrides from the command line: applied to every run after the run's own.
+    extra_overrides: tuple[str, ...] = ()
+
+    def with_options(
+        self,
+        seeds: int | None = None,
+        budget: int | None = None,
+        data: str | None = None,
+        overrides: list[str] | tuple[str, ...] = (),
+    ) -> CompareSpec:
+        """The spec with the command line's choices: `seeds` (0..N-1), `budget`, `data`
+        ("TRAIN[,VAL]"; VAL defaults to TRAIN, right for a VOC root) and extra overrides."""
+        extra = list(overrides)
+        if data is not None:
+            train, _, val = data.partition(",")
+            if not train:
+                raise ConfigError(f"--data {data!r}: expected TRAIN[,VAL]")
+            extra[:0] = [f"data.train={train}", f"data.val={val or train}"]
+        if seeds is not None and seeds < 1:
+            raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+        if budget is not None and budget < 1:
+            raise ConfigError(f"--budget must be >= 1 iteration, got {budget}")
+        spec = dataclasses.replace(
+            self,
+            seeds=tuple(range(seeds)) if seeds is not None else self.seeds,
+            budget=budget if budget is not None else self.budget,
+            extra_overrides=(*self.extra_overrides, *extra),
+        )
+        spec.check()
+        return spec
+
+    def run_overrides(self, run: RunSpec, seed: int, output_dir: Path) -> list[str]:
+        """Every override of `run` with `seed` after its preset, in the order they apply."""
+        wanted = [
+            *self.overrides,
+            *run.overrides,
+            *self.extra_overrides,
+            f"solver.max_iter={self.budget}",
+            f"train.seed={seed}",
+            "train.progress=false",
+            f"output_dir={output_dir}",
+        ]
+        warmup = self._config(run, wanted).solver.warmup_iters
+        if warmup > self.budget // 10:
+            wanted.insert(-3, f"solver.warmup_iters={self.budget // 10}")
+        return wanted
+
+    def run_config(self, run: RunSpec, seed: int, output_dir: Path) -> Config:
+        """The validated config of `run` with `seed`, writing to `output_dir`."""
+        return self._config(run, self.run_overrides(run, seed, output_dir))
+
+    def _config(self, run: RunSpec, overrides: list[str]) -> Config:
+        try:
+            return load_config(run.preset, overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"{self.source}: run {run.name!r}: {exc}") from None
+
+    def check(self) -> None:
+        """Build every run's config once (seed 0's), so errors show before any training."""
+        for run in self.runs:
+            cfg = self.run_config(run, self.seeds[0], Path("unused"))
+            arch_family = ARCH_FAMILY[cfg.model.arch]
+            if run.family != arch_family:
+                raise ConfigError(
+                    f"{self.source}: run {run.name!r}: family {run.family!r} but model.arch="
+                    f"{cfg.model.arch} is {arch_family}"
+                )
+
+
+def display_path(path: Path) -> str:
+    """`path` as a user would type it: relative to the working directory when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _where(path: Path, key: str) -> str:
+    return f"{path}: {key}"
+
+
+def _check_keys(mapping: dict[str, Any], allowed: tuple[str, ...], path: Path, key: str) -> None:
+    unknown = sorted(set(mapping) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"{_where(path, key)}: unknown key {unknown[0]!r}; valid keys: {', '.join(allowed)}"
+        )
+
+
+def _overrides(value: Any, path: Path, key: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and "=" in v for v in value):
+        raise ConfigError(f"{_where(path, key)}: expected a list of KEY=VALUE strings, got {value!r}")
+    return tuple(value)
+
+
+def available_presets() -> list[str]:
+    """Names of the presets in `configs/` (what a run's `preset` may name without a path)."""
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+
+
+def resolve_preset(preset: str, spec_path: Path) -> Path:
+    """The preset file: `preset` relative to the spec's folder, to the working directory, or in
+    `configs/`, each with ".yaml" added if missing."""
+    names = [preset] if preset.endswith((".yaml", ".yml")) else [preset, f"{preset}.yaml"]
+    for folder in (spec_path.parent, Path.cwd(), CONFIGS_DIR):
+        for name in names:
+            candidate = folder / name
+            if candidate.is_file():
+                return candidate
+    raise ConfigError(
+        f"unknown preset {preset!r}: not a file next to {spec_path}, in the working directory or in "
+        f"{CONFIGS_DIR}; presets there: {', '.join(available_presets())}"
+    )
+
+
+def _seeds(value: Any, path: Path) -> tuple[int, ...]:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return tuple(range(value))
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)
+        and len(set(value)) == len(value)
+    ):
+        return tuple(value)
+    raise ConfigError(
+        f"{_where(path, 'seeds')}: expected N >= 1 or a list of distinct seeds >= 0, got {value!r}"
+    )
+
+
+def _run(item: Any, i: int, path: Path) -> RunSpec:
+    key = f"runs[{i}]"
+    if not isinstance(item, dict):
+        raise ConfigError(
+            f"{_where(path, key)}: expected a mapping with name, preset and overrides, got {item!r}"
+        )
+    _check_keys(item, _RUN_KEYS, path, key)
+    for required in ("name", "preset"):
+        if not isinstance(item.get(required), str) or not item[required].strip():
+            raise ConfigError(f"{_where(path, f'{key}.{required}')}: required, a non-empty string")
+    family = item.get("family")
+    if family is not None and family not in FAMILIES:
+        raise ConfigError(f"{_where(path, f'{key}.family')}: {family!r}; choose from {', '.join(FAMILIES)}")
+    try:
+        preset = resolve_preset(item["preset"], path)
+    except ConfigError as exc:
+        raise ConfigError(f"{_where(path, f'{key}.preset')}: {exc}") from None
+    overrides = _overrides(item.get("overrides"), path, f"{key}.overrides")
+    if family is None:  # from the preset's architecture, as the run's overrides leave it
+        try:
+            arch = load_config(preset, list(overrides)).model.arch
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: run {item['name']!r}: {exc}") from None
+        family = ARCH_FAMILY[arch]
+    return RunSpec(name=item["name"].strip(), family=family, preset=preset, overrides=overrides)
+
+
+def load_spec(path: str | Path) -> CompareSpec:
+    """Read and validate a spec file; errors name the file and the key at fault."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"comparison spec {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: malformed YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with the keys {', '.join(_SPEC_KEYS)}")
+    _check_keys(data, _SPEC_KEYS, path, "top level")
+    runs = data.get("runs")
+    if not isinstance(runs, list) or not runs:
+        raise ConfigError(f"{_where(path, 'runs')}: the spec has no runs; list at least one (name, preset)")
+    run_specs = tuple(_run(item, i, path) for i, item in enumerate(runs))
+    for kind, values in (("name", [r.name for r in run_specs]), ("folder name", [r.slug for r in run_specs])):
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:
+            raise ConfigError(f"{_where(path, 'runs')}: two runs have the {kind} {repeated[0]!r}")
+    budget = data.get("budget", 600)
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
+        raise ConfigError(f"{_where(path, 'budget')}: expected a number of iterations >= 1, got {budget!r}")
+    gallery = data.get("gallery") or {}
+    if not isinstance(gallery, dict):
+        raise ConfigError(f"{_where(path, 'gallery')}: expected a mapping with image, top_k")
+    _check_keys(gallery, _GALLERY_KEYS, path, "gallery")
+    top_k = gallery.get("top_k", GallerySpec.top_k)
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+        raise ConfigError(f"{_where(path, 'gallery.top_k')}: expected an integer >= 1, got {top_k!r}")
+    image = gallery.get("image")
+    spec = CompareSpec(
+        source=path,
+        title=str(data.get("title") or path.stem),
+        runs=run_specs,
+        seeds=_seeds(data.get("seeds", 1), path),
+        budget=budget,
+        overrides=_overrides(data.get("overrides"), path, "overrides"),
+        gallery=GallerySpec(image=None if image is None else str(image), top_k=top_k),
+    )
+    spec.check()
+    return spec

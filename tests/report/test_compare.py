@@ -1,0 +1,303 @@
+"""`hardmine compare` end to end: a tiny comparison (two runs and one that crashes, a few iterations
+each, in their own processes) writes a report with every section, an HTML page that embeds its
+images and renders in headless Chromium, and the results files; a failed run is reported without
+stopping the others; a re-run trains nothing that finished. Plus the spec's errors and defaults."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from hardmine.cli import main
+from hardmine.errors import ConfigError
+from hardmine.report import compare as compare_module
+from hardmine.report.spec import DEFAULT_SPEC, QUICK_SPEC, load_spec
+
+#: Every run of the tiny comparison: small images, few proposals, one thread (the CPU is shared,
+#: and two threads on a busy core are many times slower than one).
+TINY = [
+    "model.min_size=192",
+    "model.max_size=192",
+    "rpn.pre_nms_top_n_train=200",
+    "rpn.post_nms_top_n_train=100",
+    "rpn.pre_nms_top_n_test=100",
+    "rpn.post_nms_top_n_test=50",
+    "roi_head.batch_size_per_image=32",
+    "solver.lr=0.01",
+    "train.log_period=1",
+    "train.num_threads=1",
+]
+
+SECTIONS = (
+    "## Results",
+    "### two-stage",
+    "### one-stage",
+    "## Failed runs",
+    "## Training loss",
+    "## Foreground share of the classification loss",
+    "## AP per method",
+    "## Precision-recall at IoU 0.5",
+    "## Hard examples",
+    "## Reproduce",
+)
+
+
+def write_spec(path: Path, synth_dir: Path, runs: list[dict]) -> Path:
+    spec = {
+        "title": "tiny comparison",
+        "seeds": 1,
+        "budget": 3,
+        "overrides": [f"data.train={synth_dir / 'train.json'}", f"data.val={synth_dir / 'val.json'}", *TINY],
+        "gallery": {"top_k": 16},
+        "runs": runs,
+    }
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+TINY_RUNS = [
+    {"name": "random sampling", "family": "two-stage", "preset": "faster_rcnn_tiny"},
+    {"name": "focal loss", "preset": "retinanet_tiny"},  # family from model.arch
+    {
+        "name": "broken",
+        "family": "one-stage",
+        "preset": "retinanet_tiny",
+        "overrides": ["data.train=/nonexistent/train.json", "data.val=/nonexistent/val.json"],
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The tiny comparison, run once for the module's tests: its spec, output folder, exit status."""
+    root = tmp_path_factory.mktemp("compare")
+    spec = write_spec(root / "spec.yaml", synth_dir, TINY_RUNS)
+    out = root / "out"
+    status = main(["compare", str(spec), "--out", str(out)])
+    return {"spec": spec, "out": out, "status": status}
+
+
+def test_report_has_every_section_and_the_results_files(tiny):
+    out = tiny["out"]
+    md = (out / "report.md").read_text()
+    for heading in SECTIONS:
+        assert heading in md, heading
+    # Every linked image exists: four plots and one gallery picture per successful method.
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert sorted(Path(link).parent.name for link in links) == ["gallery"] * 2 + ["plots"] * 4
+    assert all((out / link).is_file() and (out / link).read_bytes()[:4] == b"\x89PNG" for link in links)
+    assert "sampler `random` selects" in md and "sampler `none` trains on all" in md
+    assert "hardmine train configs/faster_rcnn_tiny.yaml" in md and "train.seed=0" in md
+
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["name"], r["status"]) for r in rows] == [
+        ("random sampling", "trained"),
+        ("focal loss", "trained"),
+        ("broken", "failed"),
+    ]
+    assert all(0.0 <= float(rows[i]["AP"]) <= 1.0 and float(rows[i]["peak_memory_mb"]) > 0 for i in (0, 1))
+    results = json.loads((out / "results.json").read_text())
+    methods = {m["name"]: m for m in results["methods"]}
+    assert methods["focal loss"]["family"] == "one-stage" and methods["broken"]["failed_seeds"] == [0]
+    assert methods["random sampling"]["stats"]["AP"]["n"] == 1
+    assert results["comparison"]["budget"] == 3 and results["comparison"]["versions"]["torch"]
+
+    run_dir = out / "runs" / "random-sampling-seed0"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["iterations"] == 3 and metrics["images_per_second"] > 0 and metrics["peak_memory_mb"] > 0
+    pr = json.loads((run_dir / "pr50.json").read_text())
+    assert len(pr["recall"]) == len(pr["precision"]) == 101
+    assert json.loads((run_dir / "run.json").read_text())["returncode"] == 0
+
+
+def test_a_failed_run_is_reported_and_does_not_stop_the_others(tiny):
+    assert tiny["status"] == 1  # non-zero at the end
+    md = (tiny["out"] / "report.md").read_text()
+    failed = md.split("## Failed runs", 1)[1].split("## Training loss", 1)[0]
+    assert "broken, seed 0" in failed and "/nonexistent/train.json: dataset path does not exist" in failed
+    for name in ("random-sampling-seed0", "focal-loss-seed0"):
+        assert (tiny["out"] / "runs" / name / "metrics.json").is_file()
+
+
+def find_chromium() -> str:
+    """Chromium's path; without it the test fails under CI (which installs it: make test) and is
+    skipped elsewhere."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path:
+        return path
+    reason = "headless Chromium is not installed (`make test` installs it as root: apt-get install chromium)"
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def test_html_embeds_its_images_and_renders_in_headless_chromium(tiny, tmp_path):
+    page = tiny["out"] / "report.html"
+    text = page.read_text()
+    sources = re.findall(r'src="([^"]*)"', text)
+    assert len(sources) == 6 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "<script" not in text and "http://" not in text and "https://" not in text
+    assert "<h2>Hard examples</h2>" in text and "<table>" in text
+
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [
+            find_chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={shot}",
+            "--window-size=1200,2000",
+            page.resolve().as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1200, 2000)
+    colors = image.getcolors(maxcolors=1 << 20)
+    most_common = max(count for count, _ in colors)
+    # Not blank: text, tables and plots give many colours and no single colour covers the page.
+    assert len(colors) > 200 and most_common < 0.95 * image.width * image.height
+
+
+def test_rerun_skips_finished_runs(tiny, monkeypatch, capsys):
+    metrics = {p: p.stat().st_mtime_ns for p in (tiny["out"] / "runs").glob("*/metrics.json")}
+    assert len(metrics) == 2
+    launched = []
+    real_popen = subprocess.Popen
+
+    def recording_popen(args, **kwargs):
+        launched.append(args)
+        return real_popen(args, **kwargs)
+
+    monkeypatch.setattr(compare_module.subprocess, "Popen", recording_popen)
+    assert main(["compare", str(tiny["spec"]), "--out", str(tiny["out"])]) == 1
+    out = capsys.readouterr().out
+    assert out.count("finished before, skipped") == 2
+    # Only the failed run trains again; the finished ones are untouched.
+    assert len(launched) == 1 and "output_dir=" + str(tiny["out"] / "runs" / "broken-seed0") in launched[0]
+    assert {p: p.stat().st_mtime_ns for p in metrics} == metrics
+    assert (tiny["out"] / "report.md").is_file()
+
+
+def test_a_changed_config_is_not_skipped(tiny):
+    spec = load_spec(tiny["spec"])
+    planned = compare_module.plan_runs(spec, tiny["out"])
+    assert planned[0].finished()
+    changed = compare_module.plan_runs(spec.with_options(budget=4), tiny["out"])
+    assert not changed[0].finished() and not changed[0].resumable()  # other max_iter: trains afresh
+    assert compare_module.pending_iterations(changed) > 0
+
+
+# --- the spec --------------------------------------------------------------------------------
+
+
+def spec_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("runs: []\n", "runs: the spec has no runs"),
+        ("seeds: 1\n", "runs: the spec has no runs"),
+        ("runs:\n  - {name: a, preset: no_such_preset}\n", "runs[0].preset: unknown preset 'no_such_preset'"),
+        ("runs:\n  - {name: a, preset: faster_rcnn_tiny, overrides: [roi_head.samplr=ohem]}\n", "run 'a'"),
+        ("runs:\n  - {name: a, preset: faster_rcnn_tiny, overrides: [solver.lr]}\n", "runs[0].overrides"),
+        ("runs:\n  - {name: a, preset: faster_rcnn_tiny, sampler: ohem}\n", "runs[0]: unknown key 'sampler'"),
+        ("runs:\n  - {preset: faster_rcnn_tiny}\n", "runs[0].name: required"),
+        ("budgett: 3\nruns:\n  - {name: a, preset: faster_rcnn_tiny}\n", "unknown key 'budgett'"),
+        ("budget: 0\nruns:\n  - {name: a, preset: faster_rcnn_tiny}\n", "budget: expected"),
+        ("seeds: [1, 1]\nruns:\n  - {name: a, preset: faster_rcnn_tiny}\n", "seeds: expected"),
+        (
+            "runs:\n  - {name: a, preset: faster_rcnn_tiny}\n  - {name: a, preset: retinanet_tiny}\n",
+            "name 'a'",
+        ),
+        ("runs:\n  - {name: a, preset: retinanet_tiny, family: two-stage}\n", "is one-stage"),
+        ("runs:\n  - {name: a, preset: retinanet_tiny, family: three-stage}\n", "runs[0].family"),
+        ("- a\n- b\n", "expected a mapping"),
+    ],
+)
+def test_spec_errors_name_the_file_and_the_key(tmp_path, text, message):
+    path = spec_file(tmp_path, text)
+    with pytest.raises(ConfigError) as exc:
+        load_spec(path)
+    assert str(path) in str(exc.value) and message in str(exc.value)
+
+
+def test_bad_override_from_the_command_line_names_the_run(tmp_path, capsys):
+    path = spec_file(tmp_path, "runs:\n  - {name: mine, preset: faster_rcnn_tiny}\n")
+    assert main(["compare", str(path), "roi_head.bogus=1", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "run 'mine'" in err and "roi_head.bogus" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # nothing trained, nothing written
+
+
+def test_quick_and_a_spec_together_is_an_error(tmp_path, capsys):
+    assert main(["compare", str(DEFAULT_SPEC), "--quick"]) == 2
+    assert "--quick runs" in capsys.readouterr().err
+
+
+def test_command_line_options_replace_seeds_budget_and_data(tmp_path):
+    spec = load_spec(DEFAULT_SPEC).with_options(seeds=2, budget=40, data="a/train.json,a/val.json")
+    assert spec.seeds == (0, 1) and spec.budget == 40
+    cfg = spec.run_config(spec.runs[0], 1, tmp_path / "r")
+    assert (cfg.data.train, cfg.data.val, cfg.solver.max_iter, cfg.train.seed) == (
+        "a/train.json",
+        "a/val.json",
+        40,
+        1,
+    )
+    assert cfg.solver.warmup_iters == 4  # capped at a tenth of the budget
+    voc = load_spec(DEFAULT_SPEC).with_options(data="VOC2007").run_config(spec.runs[0], 0, tmp_path)
+    assert voc.data.train == voc.data.val == "VOC2007"
+    with pytest.raises(ConfigError, match="--seeds"):
+        load_spec(DEFAULT_SPEC).with_options(seeds=0)
+
+
+def test_default_spec_compares_three_two_stage_and_three_one_stage_strategies(tmp_path):
+    spec = load_spec(DEFAULT_SPEC)
+    assert [(r.name, r.family) for r in spec.runs] == [
+        ("random sampling", "two-stage"),
+        ("OHEM", "two-stage"),
+        ("IoU-balanced", "two-stage"),
+        ("alpha-balanced CE", "one-stage"),
+        ("focal loss", "one-stage"),
+        ("SSD hard negatives", "one-stage"),
+    ]
+    configs = [spec.run_config(r, 0, tmp_path) for r in spec.runs]
+    assert [c.roi_head.sampler for c in configs[:3]] == ["random", "ohem", "iou_balanced"]
+    alpha_ce, focal, hard = configs[3:]
+    assert (alpha_ce.dense_head.cls_loss, alpha_ce.dense_head.focal_alpha) == ("bce", 0.25)
+    assert (focal.dense_head.cls_loss, hard.dense_head.sampler) == ("focal", "hard_negative")
+    assert all(c.solver.max_iter == spec.budget for c in configs)
+
+    # Alpha-balanced CE starts from the prior-probability bias, as focal loss does (RetinaNet's init).
+    from hardmine.models.build import build_model
+
+    bias = build_model(alpha_ce, num_classes=3).head.classification.cls_logits.bias
+    prior = alpha_ce.dense_head.prior_prob
+    assert bias.detach().allclose(bias.new_full(bias.shape, -math.log((1 - prior) / prior)))
+
+    quick = load_spec(QUICK_SPEC)
+    assert [r.name for r in quick.runs] == [r.name for r in spec.runs] and quick.budget <= 30
