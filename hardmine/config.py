@@ -35,8 +35,9 @@ BACKBONE_NAMES = ("tiny", "mobilenet_v2_fpn", "mobilenet_v3_fpn", "resnet18_fpn"
 SAMPLER_NAMES = tuple(SAMPLERS)
 ROI_CLS_LOSSES = tuple(CLS_LOSSES)
 ROI_REG_LOSSES = tuple(REG_LOSSES)
-DENSE_CLS_LOSSES = ("focal", "bce")
-DENSE_REG_LOSSES = ("l1", "smooth_l1", "giou")
+#: The dense head's losses (`hardmine.models.dense_head.CLS_LOSS_NAMES` / `REG_LOSS_NAMES`).
+DENSE_CLS_LOSSES = ("focal", "bce", "ghm")
+DENSE_REG_LOSSES = ("l1", "smooth_l1", "giou", "balanced_l1", "ghm")
 
 
 @dataclass
@@ -133,9 +134,13 @@ class RoIHeadConfig:
     fg_iou: float = opt(0.5, "RoI is foreground at IoU >= this")
     bg_iou_lo: float = opt(0.1, "RoI is background at bg_iou_lo <= IoU < bg_iou_hi")
     bg_iou_hi: float = opt(0.5, "upper bound of the background IoU range")
-    cls_loss: str = opt("ce", "classification loss", ROI_CLS_LOSSES)
+    cls_loss: str = opt("ce", "classification loss (softmax over C + 1 classes)", ROI_CLS_LOSSES)
     reg_loss: str = opt("smooth_l1", "box regression loss on encoded deltas", ROI_REG_LOSSES)
     smooth_l1_beta: float = opt(1.0 / 9, "beta of the smooth L1 box loss")
+    focal_gamma: float = opt(2.0, "gamma of the softmax focal loss (cls_loss=softmax_focal; no alpha)")
+    balanced_l1_alpha: float = opt(0.5, "alpha of the balanced L1 box loss (Libra R-CNN: 0.5)")
+    balanced_l1_gamma: float = opt(1.5, "gamma of the balanced L1 box loss (Libra R-CNN: 1.5)")
+    balanced_l1_beta: float = opt(1.0, "beta of the balanced L1 box loss (Libra Faster R-CNN: 1.0)")
     representation_size: int = opt(256, "width of the two fully connected layers of the box head")
     roi_output_size: int = opt(7, "RoIAlign output size")
     sampling_ratio: int = opt(2, "RoIAlign sampling ratio")
@@ -163,11 +168,30 @@ class DenseHeadConfig:
     fg_iou: float = opt(0.5, "anchor is foreground at IoU >= this (plus each box's best anchor)")
     bg_iou_lo: float = opt(0.0, "anchor is background at bg_iou_lo <= IoU < bg_iou_hi")
     bg_iou_hi: float = opt(0.4, "upper bound of the background IoU range")
-    cls_loss: str = opt("focal", "classification loss (sigmoid)", DENSE_CLS_LOSSES)
-    reg_loss: str = opt("l1", "box regression loss", DENSE_REG_LOSSES)
+    cls_loss: str = opt(
+        "focal",
+        "classification loss (sigmoid; ghm = GHM-C, normalised by its own element count)",
+        DENSE_CLS_LOSSES,
+    )
+    reg_loss: str = opt(
+        "l1", "box regression loss (ghm = GHM-R, normalised by its own coordinate count)", DENSE_REG_LOSSES
+    )
     focal_alpha: float = opt(0.25, "alpha of focal loss / alpha-balanced BCE; negative = off")
     focal_gamma: float = opt(2.0, "gamma of focal loss")
     smooth_l1_beta: float = opt(1.0 / 9, "beta of the smooth L1 box loss")
+    balanced_l1_alpha: float = opt(0.5, "alpha of the balanced L1 box loss (Libra R-CNN: 0.5)")
+    balanced_l1_gamma: float = opt(1.5, "gamma of the balanced L1 box loss (Libra R-CNN: 1.5)")
+    balanced_l1_beta: float = opt(0.11, "beta of the balanced L1 box loss (Libra RetinaNet: 0.11)")
+    ghmc_bins: int = opt(30, "GHM-C: gradient-norm bins (official config: 30)")
+    ghmc_momentum: float = opt(0.75, "GHM-C: EMA momentum of the bin counts; 0 = off (official: 0.75)")
+    ghmr_mu: float = opt(0.02, "GHM-R: mu of the authentic smooth L1 (official: 0.02)")
+    ghmr_bins: int = opt(10, "GHM-R: gradient-norm bins (official: 10)")
+    ghmr_momentum: float = opt(0.7, "GHM-R: EMA momentum of the bin counts; 0 = off (official: 0.7)")
+    ghmr_loss_weight: float = opt(10.0, "GHM-R: weight of the box loss (official: 10)")
+    normalizer_momentum: float = opt(
+        0.0,
+        "EMA momentum of the foreground-count loss normaliser across iterations; 0 = off (detectron2: 0.9)",
+    )
     prior_prob: float = opt(0.01, "initial foreground probability of the classification bias")
     num_convs: int = opt(4, "conv layers in each head tower")
     head_norm: str = opt(
@@ -465,7 +489,21 @@ def validate(cfg: Config) -> None:
     _require(cfg.model.max_size > 0, "model.max_size", "must be > 0")
     _require(all(r > 0 for r in cfg.model.aspect_ratios), "model.aspect_ratios", "must be > 0")
     _require(cfg.roi_head.score_chunk_size > 0, "roi_head.score_chunk_size", "must be > 0")
-    _require(0.0 < cfg.dense_head.prior_prob < 1.0, "dense_head.prior_prob", "must be in (0, 1)")
+    d = cfg.dense_head
+    _require(0.0 < d.prior_prob < 1.0, "dense_head.prior_prob", "must be in (0, 1)")
+    _require(d.focal_alpha <= 1.0, "dense_head.focal_alpha", "must be in [0, 1], or negative (off)")
+    _require(0.0 <= d.normalizer_momentum < 1.0, "dense_head.normalizer_momentum", "must be in [0, 1)")
+    for key in ("ghmc", "ghmr"):
+        _require(getattr(d, f"{key}_bins") >= 1, f"dense_head.{key}_bins", "must be >= 1")
+        _require(
+            0.0 <= getattr(d, f"{key}_momentum") < 1.0, f"dense_head.{key}_momentum", "must be in [0, 1)"
+        )
+    _require(d.ghmr_mu > 0, "dense_head.ghmr_mu", "must be > 0")
+    for name in ("dense_head", "roi_head"):
+        head = getattr(cfg, name)
+        for key in ("alpha", "gamma", "beta"):
+            _require(getattr(head, f"balanced_l1_{key}") > 0, f"{name}.balanced_l1_{key}", "must be > 0")
+    _require(cfg.roi_head.focal_gamma >= 0, "roi_head.focal_gamma", "must be >= 0")
     _require(cfg.data.batch_size > 0, "data.batch_size", "must be > 0")
     _require(cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0")
     _require(0.0 <= cfg.data.hflip_prob <= 1.0, "data.hflip_prob", "must be in [0, 1]")

@@ -11,14 +11,26 @@ Training, per batch:
 2. the sampler picks the anchors that train the head (default: all assigned ones, as RetinaNet);
    loss-ranking samplers get a scoring callable that evaluates the per-anchor loss of the already
    computed head outputs without autograd;
-3. the classification loss (`CLS_LOSSES`, sigmoid, one-vs-all) and the box loss (`REG_LOSSES`,
-   foreground only) of the picked anchors are weighted (sampler weights x per-box "weights" for
-   foreground) and divided by the number of sampled foreground anchors (at least 1).
+3. the classification loss (`CLS_LOSS_NAMES`, sigmoid, one-vs-all) and the box loss
+   (`REG_LOSS_NAMES`, foreground only) of the picked anchors are weighted (sampler weights x
+   per-box "weights" for foreground) and divided by a normaliser.
+
+Normalisers. Focal, BCE and the box losses l1 / smooth_l1 / giou / balanced_l1 are divided by the
+number of sampled foreground anchors (at least 1), or, with `normalizer_momentum` > 0, by its
+exponential moving average across training iterations (detectron2's RetinaNet; the buffer
+`normalizer` starts at the first iteration's count). The GHM losses instead keep their own
+normalisation, as in their authors' code: GHM-C divides by its number of valid elements (sampled
+anchors x classes) and GHM-R by its number of valid box coordinates (4 x sampled foreground
+anchors), each at least 1; the GHM-R loss is then multiplied by `ghmr_loss_weight` (10 in the
+official config, which makes up for that per-coordinate normaliser). The GHM modules (`ghm_c`,
+`ghm_r`) are submodules, so their EMA buffers `acc_sum` are state and go into checkpoints; the
+read-only scoring pass of loss-ranking samplers leaves those buffers unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 
 import torch
@@ -26,8 +38,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.retinanet import RetinaNetClassificationHead, RetinaNetRegressionHead
-from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+from torchvision.ops import generalized_box_iou_loss
 
+from hardmine.losses import GHMC, GHMR, balanced_l1_loss, sigmoid_focal_loss
 from hardmine.models.matching import candidates_from_matches, match_boxes, sample_weights
 from hardmine.models.stats import sampling_stats
 from hardmine.sampling.base import CandidateLosses, IoUThresholds, Sampler
@@ -40,8 +53,8 @@ DenseRegLoss = Callable[[Tensor, Tensor, Tensor, BoxCoder, float], Tensor]
 
 
 def focal(logits: Tensor, targets: Tensor, alpha: float, gamma: float) -> Tensor:
-    """Sigmoid focal loss (RetinaNet); alpha < 0 turns the alpha balancing off."""
-    return sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=gamma, reduction="none")
+    """Sigmoid focal loss (RetinaNet) by `hardmine.losses` (torchvision's values); alpha < 0 = off."""
+    return sigmoid_focal_loss(logits, targets, alpha=alpha if alpha >= 0 else -1.0, gamma=gamma)
 
 
 def bce(logits: Tensor, targets: Tensor, alpha: float, gamma: float) -> Tensor:
@@ -63,15 +76,48 @@ def smooth_l1(deltas: Tensor, gt_boxes: Tensor, anchors: Tensor, coder: BoxCoder
     return F.smooth_l1_loss(deltas, target, beta=beta, reduction="none").sum(dim=-1)
 
 
+def balanced_l1(
+    deltas: Tensor,
+    gt_boxes: Tensor,
+    anchors: Tensor,
+    coder: BoxCoder,
+    beta: float,
+    alpha: float = 0.5,
+    gamma: float = 1.5,
+) -> Tensor:
+    """Balanced L1 (Libra R-CNN) on encoded deltas, summed over the 4 coordinates."""
+    return balanced_l1_loss(deltas, coder.encode_single(gt_boxes, anchors), alpha, gamma, beta).sum(dim=-1)
+
+
 def giou(deltas: Tensor, gt_boxes: Tensor, anchors: Tensor, coder: BoxCoder, beta: float) -> Tensor:
     """Generalized IoU loss between the decoded boxes and their ground truth (`beta` unused)."""
     return generalized_box_iou_loss(coder.decode_single(deltas, anchors), gt_boxes, reduction="none")
 
 
-#: Config name -> elementwise sigmoid classification loss.
+#: Config name -> elementwise sigmoid classification loss (plain functions).
 CLS_LOSSES: dict[str, DenseClsLoss] = {"focal": focal, "bce": bce}
-#: Config name -> per-anchor box regression loss.
-REG_LOSSES: dict[str, DenseRegLoss] = {"l1": l1, "smooth_l1": smooth_l1, "giou": giou}
+#: Config name -> per-anchor box regression loss (plain functions).
+REG_LOSSES: dict[str, DenseRegLoss] = {
+    "l1": l1,
+    "smooth_l1": smooth_l1,
+    "giou": giou,
+    "balanced_l1": balanced_l1,
+}
+#: Every `cls_loss` of the head: the functions above, and "ghm" (GHM-C, a stateful module).
+CLS_LOSS_NAMES = (*CLS_LOSSES, "ghm")
+#: Every `reg_loss` of the head: the functions above, and "ghm" (GHM-R, a stateful module).
+REG_LOSS_NAMES = (*REG_LOSSES, "ghm")
+
+
+@contextmanager
+def _frozen_ema(*modules: nn.Module | None) -> Iterator[None]:
+    """Restore the GHM EMA buffers (`acc_sum`) of `modules` on exit: for read-only scoring passes."""
+    saved = [(m, m.acc_sum.clone()) for m in modules if m is not None and m.acc_sum is not None]
+    try:
+        yield
+    finally:
+        for m, acc in saved:
+            m.acc_sum.copy_(acc)
 
 
 def default_sampler() -> Sampler:
@@ -98,6 +144,16 @@ class DenseHead(nn.Module):
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
         smooth_l1_beta: float = 1.0 / 9,
+        balanced_l1_alpha: float = 0.5,
+        balanced_l1_gamma: float = 1.5,
+        balanced_l1_beta: float = 0.11,
+        ghmc_bins: int = 30,
+        ghmc_momentum: float = 0.75,
+        ghmr_mu: float = 0.02,
+        ghmr_bins: int = 10,
+        ghmr_momentum: float = 0.7,
+        ghmr_loss_weight: float = 10.0,
+        normalizer_momentum: float = 0.0,
         prior_prob: float = 0.01,
         num_convs: int = 4,
         head_norm: str = "group",
@@ -105,10 +161,12 @@ class DenseHead(nn.Module):
         box_coder_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
     ) -> None:
         super().__init__()
-        if cls_loss not in CLS_LOSSES:
-            raise ValueError(f"unknown cls_loss {cls_loss!r}; choose from {sorted(CLS_LOSSES)}")
-        if reg_loss not in REG_LOSSES:
-            raise ValueError(f"unknown reg_loss {reg_loss!r}; choose from {sorted(REG_LOSSES)}")
+        if cls_loss not in CLS_LOSS_NAMES:
+            raise ValueError(f"unknown cls_loss {cls_loss!r}; choose from {sorted(CLS_LOSS_NAMES)}")
+        if reg_loss not in REG_LOSS_NAMES:
+            raise ValueError(f"unknown reg_loss {reg_loss!r}; choose from {sorted(REG_LOSS_NAMES)}")
+        if not 0.0 <= normalizer_momentum < 1.0:
+            raise ValueError(f"normalizer_momentum must be in [0, 1), got {normalizer_momentum}")
         if head_norm not in ("group", "none"):
             raise ValueError(f"head_norm must be 'group' or 'none', got {head_norm!r}")
         if not 0 <= num_convs <= 4:
@@ -126,11 +184,22 @@ class DenseHead(nn.Module):
         self.num_classes = num_classes
         self.num_anchors = num_anchors
         self.sampler = default_sampler() if sampler is None else sampler
-        self.cls_loss = CLS_LOSSES[cls_loss]
-        self.reg_loss = REG_LOSSES[reg_loss]
+        # GHM-C / GHM-R: modules whose EMA buffers are state (saved in checkpoints); None otherwise.
+        self.ghm_c = GHMC(ghmc_bins, ghmc_momentum, reduction="none") if cls_loss == "ghm" else None
+        self.ghm_r = GHMR(ghmr_mu, ghmr_bins, ghmr_momentum, reduction="none") if reg_loss == "ghm" else None
+        self.cls_loss = CLS_LOSSES.get(cls_loss)
+        self.reg_loss = REG_LOSSES.get(reg_loss)
+        if reg_loss == "balanced_l1":
+            self.reg_loss = partial(balanced_l1, alpha=balanced_l1_alpha, gamma=balanced_l1_gamma)
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
         self.smooth_l1_beta = smooth_l1_beta
+        self.reg_beta = balanced_l1_beta if reg_loss == "balanced_l1" else smooth_l1_beta
+        self.ghmr_loss_weight = ghmr_loss_weight
+        self.normalizer_momentum = normalizer_momentum
+        # EMA of the foreground count (0 = not started); a buffer, so it is saved and resumed.
+        self.normalizer: Tensor | None
+        self.register_buffer("normalizer", torch.zeros(()) if normalizer_momentum > 0 else None)
         self.low_quality_matches = low_quality_matches
         self.box_coder = BoxCoder(box_coder_weights)
         self.last_stats: dict[str, Tensor] = {}
@@ -144,16 +213,37 @@ class DenseHead(nn.Module):
         """[K] classification loss of K samples and [F] box loss of their foreground ones (in order).
 
         labels: [K] >= 1 foreground class, 0 background; the other tensors are per sample.
+
+        GHM-C / GHM-R give their harmonized elementwise losses summed per anchor (their normalisers
+        are applied in `loss`); every call updates their EMA (use `_frozen_ema` to prevent that).
         """
         logits, deltas = logits.float(), deltas.float()
         fg = labels > 0
         targets = torch.zeros_like(logits)
         targets[fg, labels[fg] - 1] = 1.0
-        cls = self.cls_loss(logits, targets, self.focal_alpha, self.focal_gamma).sum(dim=-1)
-        reg = self.reg_loss(
-            deltas[fg], gt_boxes[fg].float(), anchors[fg].float(), self.box_coder, self.smooth_l1_beta
-        )
+        if self.ghm_c is not None:
+            cls = self.ghm_c(logits, targets).sum(dim=-1)
+        else:
+            assert self.cls_loss is not None
+            cls = self.cls_loss(logits, targets, self.focal_alpha, self.focal_gamma).sum(dim=-1)
+        gt_fg, anchors_fg = gt_boxes[fg].float(), anchors[fg].float()
+        if self.ghm_r is not None:
+            reg = self.ghm_r(deltas[fg], self.box_coder.encode_single(gt_fg, anchors_fg)).sum(dim=-1)
+        else:
+            assert self.reg_loss is not None
+            reg = self.reg_loss(deltas[fg], gt_fg, anchors_fg, self.box_coder, self.reg_beta)
         return cls, reg
+
+    def _foreground_normaliser(self, num_fg: Tensor) -> Tensor:
+        """max(num_fg, 1), or its EMA across training iterations with `normalizer_momentum` > 0."""
+        count = num_fg.float().clamp_min(1.0)
+        if self.normalizer is None:
+            return count
+        if self.training:
+            m = self.normalizer_momentum
+            started = self.normalizer > 0
+            self.normalizer.copy_(torch.where(started, m * self.normalizer + (1 - m) * count, count))
+        return torch.where(self.normalizer > 0, self.normalizer, count)  # not started (eval): the count
 
     def loss(
         self,
@@ -183,7 +273,7 @@ class DenseHead(nn.Module):
 
         def score_fn(assigned: list[Tensor]) -> list[CandidateLosses]:
             """Per-anchor cls and box loss of every anchor, without autograd (ignored ones scored as bg)."""
-            with torch.no_grad():
+            with torch.no_grad(), _frozen_ema(self.ghm_c, self.ghm_r):
                 labels = torch.cat(assigned).clamp(min=0)
                 cls, reg = self._per_sample_losses(flat_logits, flat_deltas, labels, flat_gt, flat_anchors)
                 box = torch.zeros_like(cls).index_put((torch.nonzero(labels > 0).flatten(),), reg)
@@ -197,9 +287,12 @@ class DenseHead(nn.Module):
             flat_logits[idx], flat_deltas[idx], labels, flat_gt[idx], flat_anchors[idx]
         )
         fg = labels > 0
-        normaliser = max(int(fg.sum()), 1)
+        normaliser = self._foreground_normaliser(fg.sum())
+        cls_norm = max(cls.numel() * num_classes, 1) if self.ghm_c is not None else normaliser
+        box_norm = max(reg.numel() * 4, 1) if self.ghm_r is not None else normaliser
+        box_weight = self.ghmr_loss_weight if self.ghm_r is not None else 1.0
         self.last_stats = sampling_stats(cls, labels, num_candidates=num_images * num_anchors)
         return {
-            "loss_dense_cls": (cls * weights).sum() / normaliser,
-            "loss_dense_box": (reg * weights[fg]).sum() / normaliser,
+            "loss_dense_cls": (cls * weights).sum() / cls_norm,
+            "loss_dense_box": (reg * weights[fg]).sum() * box_weight / box_norm,
         }

@@ -8,12 +8,15 @@ Built from torchvision's blocks (`MultiScaleRoIAlign`, `TwoMLPHead`, `FastRCNNPr
    callable that runs the head over all candidates under `torch.no_grad()`;
 3. only the picked candidates go through RoIAlign and the box head with autograd.
 
-Losses: per-sample classification (`CLS_LOSSES`) and class-specific box regression
-(`REG_LOSSES`, foreground only), each summed with the per-sample weights and divided by the
-number of sampled candidates (torchvision's normalisation).
+Losses: per-sample classification (`CLS_LOSSES`: cross-entropy, or softmax focal loss with
+`focal_gamma`) and class-specific box regression (`REG_LOSSES`: smooth L1, L1 or balanced L1 with
+`balanced_l1_alpha/gamma/beta`; foreground only), each summed with the per-sample weights and
+divided by the number of sampled candidates (torchvision's normalisation).
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +48,10 @@ class RoIHead(nn.Module):
         cls_loss: str = "ce",
         reg_loss: str = "smooth_l1",
         smooth_l1_beta: float = 1.0 / 9,
+        focal_gamma: float = 2.0,
+        balanced_l1_alpha: float = 0.5,
+        balanced_l1_gamma: float = 1.5,
+        balanced_l1_beta: float = 1.0,
         box_coder_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0),
         add_gt_as_proposals: bool = True,
         score_thresh: float = 0.05,
@@ -62,8 +69,14 @@ class RoIHead(nn.Module):
         self.box_predictor = box_predictor
         self.sampler = sampler
         self.cls_loss = CLS_LOSSES[cls_loss]
+        if cls_loss == "softmax_focal":
+            self.cls_loss = partial(self.cls_loss, gamma=focal_gamma)
         self.reg_loss = REG_LOSSES[reg_loss]
+        if reg_loss == "balanced_l1":
+            self.reg_loss = partial(self.reg_loss, alpha=balanced_l1_alpha, gamma=balanced_l1_gamma)
         self.smooth_l1_beta = smooth_l1_beta
+        #: the beta handed to the box loss: balanced L1's or smooth L1's
+        self.reg_beta = balanced_l1_beta if reg_loss == "balanced_l1" else smooth_l1_beta
         self.box_coder = BoxCoder(box_coder_weights)
         self.add_gt_as_proposals = add_gt_as_proposals
         self.score_thresh = score_thresh
@@ -131,9 +144,7 @@ class RoIHead(nn.Module):
         fg = torch.nonzero(labels > 0).flatten()
         if fg.numel():
             pred = deltas.view(deltas.shape[0], -1, 4)[fg, labels[fg]]
-            reg = reg.index_put(
-                (fg,), self.reg_loss(pred, reg_targets[fg], self.smooth_l1_beta).to(reg.dtype)
-            )
+            reg = reg.index_put((fg,), self.reg_loss(pred, reg_targets[fg], self.reg_beta).to(reg.dtype))
         return cls, reg
 
     def _losses(

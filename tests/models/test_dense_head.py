@@ -335,3 +335,155 @@ def test_ohem_keeps_the_hardest_anchors_and_drops_a_near_duplicate_by_nms():
     assert (stats["num_candidates"], stats["num_selected"]) == (31, 6)
     assert stats["num_removed_by_nms"] == 1
     assert stats["mean_loss_selected"] > stats["mean_loss_all"]
+
+
+# --- hardmine's losses in the head: focal kernel, GHM-C / GHM-R, balanced L1, normaliser EMA -------
+
+
+def hand_made_one_hot() -> tuple[Tensor, Tensor]:
+    """One-hot targets [2, 16, C] of `hand_made_batch` and the mask of its sampled (not ignored) anchors."""
+    one_hot = torch.zeros(2, 16, NUM_CLASSES)
+    one_hot[0, 0, 0] = one_hot[0, 5, 2] = one_hot[0, 6, 2] = 1.0
+    keep = torch.ones(2, 16, dtype=torch.bool)
+    keep[1, 15] = False  # ignored
+    return one_hot, keep
+
+
+def foreground_residuals(dense: DenseHead, deltas: Tensor) -> Tensor:
+    """[3, 4] deltas minus their encoded targets for the foreground anchors 0, 5, 6 of image 0."""
+    gt = torch.tensor([GT_EXACT, GT_LOW, GT_LOW])
+    return deltas[0, [0, 5, 6]], dense.box_coder.encode_single(gt, tiles()[[0, 5, 6]])
+
+
+def test_focal_runs_hardmine_kernel_with_torchvision_values_and_gradients():
+    from hardmine.models.dense_head import focal
+
+    logits, _ = outputs()
+    one_hot, _ = hand_made_one_hot()
+    for alpha in (0.25, -1.0, -0.5):
+        ours = focal(logits, one_hot, alpha, 2.0)
+        assert type(ours.grad_fn).__name__.startswith("_SigmoidFocal")
+        reference = sigmoid_focal_loss(logits, one_hot, alpha=alpha if alpha >= 0 else -1.0, gamma=2.0)
+        torch.testing.assert_close(ours, reference)
+        (grad,) = torch.autograd.grad(ours.sum(), logits)
+        (expected,) = torch.autograd.grad(reference.sum(), logits)
+        torch.testing.assert_close(grad, expected)
+
+
+def test_ghm_c_is_normalised_by_its_valid_elements_and_keeps_its_ema_as_state():
+    from hardmine.losses import GHMC
+
+    dense = head(cls_loss="ghm")
+    assert dense.ghm_c is not None and (dense.ghm_c.bins, dense.ghm_c.momentum) == (30, 0.75)
+    assert "ghm_c.acc_sum" in dense.state_dict()
+    logits, deltas = outputs()
+    one_hot, keep = hand_made_one_hot()
+    reference = GHMC(bins=30, momentum=0.75)  # reduction "mean": sum / (31 sampled anchors x 3 classes)
+    for _ in range(2):  # the second call uses the EMA of the first
+        loss = dense.loss(logits, deltas, [tiles(), tiles()], hand_made_batch())["loss_dense_cls"]
+        torch.testing.assert_close(loss, reference(logits[keep], one_hot[keep]))
+    torch.testing.assert_close(dense.ghm_c.acc_sum, reference.acc_sum)
+    stats = dense.last_stats
+    torch.testing.assert_close(stats["cls_loss_fg"] + stats["cls_loss_bg"], loss.detach() * 31 * 3)
+
+
+def test_ghm_r_is_normalised_by_its_coordinates_and_weighted_by_ten():
+    from hardmine.losses import GHMR
+
+    dense = head(reg_loss="ghm")
+    assert dense.ghm_r is not None and (dense.ghm_r.mu, dense.ghm_r.bins, dense.ghm_r.momentum) == (
+        0.02,
+        10,
+        0.7,
+    )
+    assert "ghm_r.acc_sum" in dense.state_dict()
+    logits, deltas = outputs()
+    loss = dense.loss(logits, deltas, [tiles(), tiles()], hand_made_batch())["loss_dense_box"]
+    reference = GHMR(mu=0.02, bins=10, momentum=0.7)  # reduction "mean": sum / (3 fg anchors x 4)
+    torch.testing.assert_close(loss, 10 * reference(*foreground_residuals(dense, deltas)))
+    torch.testing.assert_close(dense.ghm_r.acc_sum, reference.acc_sum)
+    single = head(reg_loss="ghm", ghmr_loss_weight=1.0, ghmr_momentum=0.0)
+    assert single.ghm_r.acc_sum is None and "ghm_r.acc_sum" not in single.state_dict()
+    one = single.loss(logits, deltas, [tiles(), tiles()], hand_made_batch())["loss_dense_box"]
+    torch.testing.assert_close(one, GHMR(momentum=0.0)(*foreground_residuals(single, deltas)))
+
+
+def test_balanced_l1_box_loss_is_normalised_by_the_foreground_count():
+    from hardmine.losses import balanced_l1_loss
+
+    dense = head(reg_loss="balanced_l1", balanced_l1_alpha=0.4, balanced_l1_gamma=1.2, balanced_l1_beta=0.2)
+    logits, deltas = outputs()
+    loss = dense.loss(logits, deltas, [tiles(), tiles()], hand_made_batch())["loss_dense_box"]
+    pred, target_deltas = foreground_residuals(dense, deltas)
+    expected = balanced_l1_loss(pred, target_deltas, alpha=0.4, gamma=1.2, beta=0.2).sum() / 3
+    torch.testing.assert_close(loss, expected)
+
+
+def test_the_scoring_pass_leaves_the_ghm_ema_unchanged():
+    sampler = TopLoss(IoUThresholds(fg=0.5, bg_lo=0.0, bg_hi=0.4))
+    dense = head(sampler=sampler, cls_loss="ghm", reg_loss="ghm")
+    run(dense, hand_made_batch())
+    # Only the trained pass (4 anchors x 2 images x 3 classes) counts, from a zero start: (1 - m) x 24.
+    assert dense.ghm_c.acc_sum.sum().item() == pytest.approx(0.25 * 24)
+    num_fg = int(dense.last_stats["num_fg"])
+    assert dense.ghm_r.acc_sum.sum().item() == pytest.approx(0.3 * 4 * num_fg)
+
+
+@pytest.mark.parametrize(("cls_loss", "reg_loss"), [("ghm", "ghm"), ("focal", "balanced_l1")])
+def test_losses_are_finite_on_a_batch_without_objects(cls_loss, reg_loss):
+    dense = head(cls_loss=cls_loss, reg_loss=reg_loss, normalizer_momentum=0.9)
+    logits, deltas = outputs(num_images=1)
+    losses = dense.loss(logits, deltas, [tiles()], [target([], [])])
+    assert torch.isfinite(losses["loss_dense_cls"]) and losses["loss_dense_cls"] > 0
+    assert losses["loss_dense_box"].item() == 0.0
+    sum(losses.values()).backward()
+    assert torch.isfinite(logits.grad).all() and torch.isfinite(deltas.grad).all()
+
+
+def test_normaliser_is_an_ema_of_the_foreground_count_starting_at_the_first_value():
+    dense = head(normalizer_momentum=0.9)
+    plain = head()
+    dense.eval()  # before any training iteration, evaluation divides by the plain count
+    torch.testing.assert_close(run(dense, hand_made_batch()), run(plain, hand_made_batch()))
+    assert dense.normalizer.item() == 0.0
+    dense.train()
+    assert "normalizer" in dense.state_dict() and "normalizer" not in plain.state_dict()
+    batches = [  # 3, then 1, then 2 foreground anchors
+        hand_made_batch(),
+        [target([GT_EXACT], [1]), target([], [])],
+        [target([GT_EXACT, GT_FAR], [1, 2]), target([], [])],
+    ]
+    expected = [3.0, 0.9 * 3 + 0.1 * 1, 0.9 * (0.9 * 3 + 0.1 * 1) + 0.1 * 2]
+    for batch, normaliser in zip(batches, expected):
+        losses = run(dense, batch)
+        reference = run(plain, batch)
+        num_fg = plain.last_stats["num_fg"].float()
+        assert dense.normalizer.item() == pytest.approx(normaliser)
+        for key in losses:
+            torch.testing.assert_close(losses[key], reference[key] * num_fg / normaliser)
+    dense.eval()  # evaluation reads the EMA without updating it
+    run(dense, batches[0])
+    assert dense.normalizer.item() == pytest.approx(expected[-1])
+    with pytest.raises(ValueError, match="normalizer_momentum"):
+        head(normalizer_momentum=1.0)
+
+
+def test_config_builds_the_dense_losses_with_their_options():
+    from hardmine.config import load_config
+    from hardmine.models.build import build_model
+
+    overrides = ["model.arch=retinanet", "dense_head.cls_loss=ghm", "dense_head.reg_loss=ghm"]
+    cfg = load_config(None, [*overrides, "dense_head.ghmc_bins=5", "dense_head.normalizer_momentum=0.9"])
+    dense = build_model(cfg, num_classes=2).heads["dense"]
+    assert (dense.ghm_c.bins, dense.ghm_c.momentum) == (5, 0.75)
+    assert (dense.ghm_r.mu, dense.ghm_r.bins, dense.ghm_r.momentum, dense.ghmr_loss_weight) == (
+        0.02,
+        10,
+        0.7,
+        10.0,
+    )
+    assert dense.normalizer_momentum == 0.9 and dense.normalizer is not None
+    cfg = load_config(None, ["model.arch=retinanet", "dense_head.reg_loss=balanced_l1"])
+    dense = build_model(cfg, num_classes=2).heads["dense"]
+    assert dense.reg_beta == 0.11 and dense.reg_loss.keywords == {"alpha": 0.5, "gamma": 1.5}
+    assert dense.ghm_c is None and dense.ghm_r is None and dense.normalizer is None

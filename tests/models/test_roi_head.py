@@ -189,3 +189,97 @@ def test_read_only_pass_in_chunks_scores_like_one_pass():
             torch.testing.assert_close(a.box, b.box)
     with pytest.raises(ValueError, match="score_chunk_size"):
         _head(Recorder(), score_chunk_size=0)
+
+
+# --- softmax focal and balanced L1 ------------------------------------------------------------------
+
+
+def test_softmax_focal_per_sample_values_by_hand():
+    import math
+
+    from hardmine.losses.per_sample import CLS_LOSSES
+
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0], [-3.0, 4.0, 1.0]])
+    labels = torch.tensor([0, 2, 1])
+    expected = []
+    for row, y in zip(logits.tolist(), labels.tolist()):
+        p = math.exp(row[y]) / sum(math.exp(v) for v in row)
+        expected.append(-((1 - p) ** 1.5) * math.log(p))
+    got = CLS_LOSSES["softmax_focal"](logits, labels, gamma=1.5)
+    torch.testing.assert_close(got, torch.tensor(expected))
+    # gamma 0 is cross-entropy; the default gamma is 2
+    torch.testing.assert_close(
+        CLS_LOSSES["softmax_focal"](logits, labels, gamma=0.0),
+        F.cross_entropy(logits, labels, reduction="none"),
+    )
+    p = F.softmax(logits, 1)[torch.arange(3), labels]
+    torch.testing.assert_close(CLS_LOSSES["softmax_focal"](logits, labels), -((1 - p) ** 2) * p.log())
+
+
+def test_balanced_l1_per_sample_values_by_hand():
+    import math
+
+    from hardmine.losses.per_sample import REG_LOSSES
+
+    pred = torch.tensor([[0.5, -2.0, 0.0, 1.0], [0.1, 0.1, 0.1, 0.1]])
+    target = torch.zeros(2, 4)
+    b = math.e**3 - 1  # exp(gamma / alpha) - 1 with alpha 0.5, gamma 1.5
+
+    def by_hand(x: float, beta: float = 1.0) -> float:
+        if x < beta:
+            return 0.5 / b * (b * x + 1) * math.log(b * x / beta + 1) - 0.5 * x
+        return 1.5 * x + 1.5 / b - 0.5 * beta
+
+    expected = torch.tensor([sum(by_hand(abs(v)) for v in row) for row in pred.tolist()])
+    torch.testing.assert_close(REG_LOSSES["balanced_l1"](pred, target, 1.0), expected)
+    half = torch.tensor([sum(by_hand(abs(v), 0.5) for v in row) for row in pred.tolist()])
+    torch.testing.assert_close(REG_LOSSES["balanced_l1"](pred, target, 0.5), half)
+
+
+def test_head_with_softmax_focal_and_balanced_l1_equals_hand_computed_losses():
+    from hardmine.losses import balanced_l1_loss
+
+    head = _head(
+        NoSampler(thresholds=IoUThresholds(fg=0.5, bg_lo=0.0, bg_hi=0.5)),
+        add_gt_as_proposals=False,
+        cls_loss="softmax_focal",
+        focal_gamma=1.0,
+        reg_loss="balanced_l1",
+        balanced_l1_alpha=0.4,
+        balanced_l1_gamma=1.2,
+        balanced_l1_beta=0.5,
+    )
+    head.train()
+    features = _features()
+    losses = head(features, PROPOSALS, SHAPES, TARGETS)[1]
+    logits, deltas = head.predict(features, PROPOSALS, SHAPES)
+    labels = torch.tensor([2, 0, 0, 0, 0])
+    p = F.softmax(logits, 1)[torch.arange(5), labels]
+    torch.testing.assert_close(losses["loss_roi_cls"], (-(1 - p) * p.log()).sum() / 5)
+    target = head.box_coder.encode_single(TARGETS[0]["boxes"], PROPOSALS[0][:1])
+    pred = deltas.view(5, 3, 4)[0, 2]
+    expected_box = balanced_l1_loss(pred, target[0], alpha=0.4, gamma=1.2, beta=0.5).sum() / 5
+    torch.testing.assert_close(losses["loss_roi_box"], expected_box)
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_config_builds_the_roi_losses_with_their_options():
+    from hardmine.config import load_config
+    from hardmine.models.build import build_model
+
+    cfg = load_config(
+        None,
+        ["roi_head.cls_loss=softmax_focal", "roi_head.focal_gamma=0.5", "roi_head.reg_loss=balanced_l1"],
+    )
+    assert (
+        cfg.roi_head.balanced_l1_alpha,
+        cfg.roi_head.balanced_l1_gamma,
+        cfg.roi_head.balanced_l1_beta,
+    ) == (
+        0.5,
+        1.5,
+        1.0,
+    )
+    roi = build_model(cfg, num_classes=2).heads["roi"]
+    assert roi.cls_loss.keywords == {"gamma": 0.5} and roi.reg_beta == 1.0
+    assert roi.reg_loss.keywords == {"alpha": 0.5, "gamma": 1.5}
