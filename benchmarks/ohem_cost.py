@@ -32,14 +32,13 @@ import argparse
 import multiprocessing as mp
 import os
 import statistics
-import time
 from typing import Any
 
 import torch
 from torch import nn
 
+from benchmarks.common import make_batches, train_steps
 from hardmine.config import Config, load_config
-from hardmine.data.dataset import DetectionDataset, collate_detection
 from hardmine.data.sources import resolve_split
 from hardmine.engine.inference import resolve_device
 from hardmine.engine.schedule import build_optimizer
@@ -69,23 +68,6 @@ def variant_config(name: str, batch_per_image: int, overrides: list[str]) -> Con
     )
 
 
-def make_batches(cfg: Config, iters: int, batch_size: int, device: torch.device) -> list[Any]:
-    """`iters` batches of the built-in training set (no augmentation), on `device`."""
-    dataset = DetectionDataset(resolve_split(cfg.data, "train"), train=False)
-    batches = []
-    for start in range(0, iters * batch_size, batch_size):
-        images, targets = collate_detection(
-            [dataset[i % len(dataset)] for i in range(start, start + batch_size)]
-        )
-        batches.append(
-            (
-                [image.to(device) for image in images],
-                [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets],
-            )
-        )
-    return batches
-
-
 def build(
     name: str, args: argparse.Namespace, device: torch.device
 ) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -94,23 +76,6 @@ def build(
     torch.manual_seed(0)  # the same initial weights for every variant
     model = build_model(cfg, num_classes).to(device).train()
     return model, build_optimizer(model, cfg.solver)
-
-
-def train_steps(
-    model: nn.Module, optimizer: torch.optim.Optimizer, batches: list, device: torch.device
-) -> float:
-    """Seconds for one training step (forward, backward, SGD step) on each batch."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for images, targets in batches:
-        losses = model(images, targets)
-        optimizer.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        optimizer.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
 
 
 def _resident_kib(field: str) -> int:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 from torch import nn
@@ -25,8 +24,8 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
+from benchmarks.common import make_batches, train_steps
 from hardmine.config import load_config
-from hardmine.data.dataset import DetectionDataset, collate_detection
 from hardmine.data.sources import resolve_split
 from hardmine.engine.inference import resolve_device
 from hardmine.engine.schedule import build_optimizer
@@ -59,20 +58,8 @@ def torchvision_model(cfg, num_classes: int) -> nn.Module:
 
 
 def time_iterations(model: nn.Module, batches: list, device: torch.device) -> float:
-    """Seconds for one training step on each batch (forward, backward, SGD step)."""
-    optimizer = build_optimizer(model, load_config().solver)
-    model.train()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for images, targets in batches:
-        losses = model(images, targets)
-        optimizer.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        optimizer.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    """Seconds for one training step on each batch, with a fresh SGD optimizer."""
+    return train_steps(model, build_optimizer(model, load_config().solver), batches, device)
 
 
 def main() -> None:
@@ -90,18 +77,7 @@ def main() -> None:
     device = resolve_device(args.device)
     torch.manual_seed(0)
     index = resolve_split(cfg.data, "train")
-    dataset = DetectionDataset(index, train=False)
-    batches = []
-    for start in range(0, iters * args.batch_size, args.batch_size):
-        images, targets = collate_detection(
-            [dataset[i % len(dataset)] for i in range(start, start + args.batch_size)]
-        )
-        batches.append(
-            (
-                [img.to(device) for img in images],
-                [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets],
-            )
-        )
+    batches = make_batches(cfg, iters, args.batch_size, device)
     ours = build_model(cfg, index.num_classes).to(device)
     theirs = torchvision_model(cfg, index.num_classes).to(device)
     time_iterations(ours, batches[:2], device)  # warm-up
