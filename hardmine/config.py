@@ -383,19 +383,26 @@ def _lookup(cfg: Config, dotted: str) -> Any:
     return node
 
 
+def read_yaml_mapping(path: Path, kind: str, expected: str) -> dict[str, Any]:
+    """The YAML mapping in `path`; ConfigError naming the file when it is missing, malformed or not
+    a mapping (`kind` names the file's role, `expected` what its top level should be)."""
+    if not path.is_file():
+        raise ConfigError(f"{kind} {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: malformed YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected {expected}")
+    return data
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults, then the YAML preset at `path` (if any), then `key=value` overrides; validated."""
     cfg = Config()
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            mapping = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: malformed YAML: {exc}") from None
-        if not isinstance(mapping, dict):
-            raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
+        mapping = read_yaml_mapping(path, "config file", "a mapping of config sections at the top level")
         try:
             apply_mapping(cfg, mapping)
         except ConfigError as exc:

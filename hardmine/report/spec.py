@@ -30,9 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from hardmine.config import Config, load_config
+from hardmine.config import Config, load_config, read_yaml_mapping
 from hardmine.errors import ConfigError
 
 #: The presets folder of the repository (`configs/`), where bare preset names are looked up.
@@ -247,14 +245,7 @@ def _run(item: Any, i: int, path: Path) -> RunSpec:
 def load_spec(path: str | Path) -> CompareSpec:
     """Read and validate a spec file; errors name the file and the key at fault."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"comparison spec {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: malformed YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with the keys {', '.join(_SPEC_KEYS)}")
+    data = read_yaml_mapping(path, "comparison spec", f"a mapping with the keys {', '.join(_SPEC_KEYS)}")
     _check_keys(data, _SPEC_KEYS, path, "top level")
     runs = data.get("runs")
     if not isinstance(runs, list) or not runs:
