@@ -19,3 +19,7 @@ class CheckpointError(HardmineError):
 
 class TrainingInterrupted(HardmineError):
     """Training stopped on SIGINT/SIGTERM after writing a checkpoint; `--resume` continues it."""
+
+
+class TrainingDiverged(HardmineError):
+    """Training stopped after too many consecutive non-finite steps; the last checkpoint is intact."""

@@ -173,3 +173,63 @@ def test_every_preset_builds_its_model(path):
     sections = {"roi": cfg.roi_head, "rpn": cfg.rpn, "dense": cfg.dense_head}
     for name, head in model.heads.items():
         assert type(head.sampler) is SAMPLERS[sections[name].sampler]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("dense_head.ohem.batch_size_per_image=-1", "dense_head.ohem.batch_size_per_image: must be > 0"),
+        ("rpn.fg_fraction=1.01", "rpn.fg_fraction: must be in [0, 1]"),
+        ("rpn.pre_nms_top_n_train=0", "rpn.pre_nms_top_n_train: must be > 0"),
+        ("rpn.nms_thresh=1.5", "rpn.nms_thresh: must be in (0, 1]"),
+        ("roi_head.smooth_l1_beta=-1", "roi_head.smooth_l1_beta: must be >= 0"),
+        ("roi_head.score_thresh=-0.1", "roi_head.score_thresh: must be in [0, 1]"),
+        ("dense_head.nms_thresh=0", "dense_head.nms_thresh: must be in (0, 1]"),
+        ("dense_head.detections_per_img=0", "dense_head.detections_per_img: must be > 0"),
+        ("roi_head.representation_size=0", "roi_head.representation_size: must be > 0"),
+        ("dense_head.focal_gamma=-1", "dense_head.focal_gamma: must be >= 0"),
+        ("dense_head.topk_candidates=0", "dense_head.topk_candidates: must be > 0"),
+        ("model.aspect_ratios=[]", "model.aspect_ratios: needs at least one ratio"),
+        ("model.anchor_sizes=[[32], []]", "model.anchor_sizes: one non-empty list of positive sizes"),
+        ("model.fpn_channels=-8", "model.fpn_channels: must be >= 0"),
+        ("data.class_names=[cat, cat]", "data.class_names: names must be non-empty and distinct"),
+        ("data.synth_train=0", "data.synth_train: must be > 0"),
+        ("data.synth_dir=", "data.synth_dir: must not be empty"),
+        ("data.on_invalid=ignore", "data.on_invalid='ignore' is not allowed; choose from stop, skip"),
+        (
+            "data.check_images=full",
+            "data.check_images='full' is not allowed; choose from none, header, decode",
+        ),
+        ("solver.momentum=1", "solver.momentum: must be in [0, 1)"),
+        ("solver.weight_decay=-0.1", "solver.weight_decay: must be >= 0"),
+        ("solver.gamma=0", "solver.gamma: must be > 0"),
+        ("train.seed=-1", "train.seed: must be >= 0"),
+        ("train.num_threads=-2", "train.num_threads: must be >= 0"),
+        ("train.max_nonfinite_steps=-1", "train.max_nonfinite_steps: must be >= 0 (0 = never stop)"),
+        ("train.device=gpu", "train.device: must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+        ("output_dir=", "output_dir: must not be empty"),
+    ],
+)
+def test_ranges_and_fault_handling_options_validated(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert message in str(info.value)
+
+
+def test_training_validates_before_any_work(tmp_path):
+    from hardmine.engine.trainer import train
+
+    cfg = load_config(None, [f"output_dir={tmp_path / 'run'}"])
+    cfg.roi_head.batch_size_per_image = -4  # set in code, past load_config's validation
+    with pytest.raises(ConfigError, match="roi_head.batch_size_per_image: must be > 0"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_fault_handling_defaults():
+    cfg = Config()
+    assert (cfg.data.on_invalid, cfg.data.check_images, cfg.train.max_nonfinite_steps) == (
+        "stop",
+        "header",
+        5,
+    )

@@ -1,8 +1,9 @@
 """Read and write COCO-style detection annotations, with validation that names the bad record.
 
 The reader checks the whole file and raises one `DataError` listing every problem it found (up to
-`MAX_LISTED`), so a user fixes a broken export in one round instead of one error per run.
-The box checks and the problem list are shared with the VOC reader.
+`MAX_LISTED`), so a user fixes a broken export in one round instead of one error per run; given a
+`ProblemLog` it reports into that instead and returns what is valid (`hardmine.data.check`).
+The box checks are shared with the VOC reader.
 """
 
 from __future__ import annotations
@@ -15,38 +16,15 @@ from typing import Any
 
 import numpy as np
 
+from hardmine.data.problems import ANNOTATION, IMAGE, ProblemLog
+from hardmine.data.problems import MAX_LISTED as MAX_LISTED
 from hardmine.data.records import Category, DatasetIndex, ImageRecord
 from hardmine.errors import DataError
 
 #: A box may extend this many pixels past the image border; it is clipped. Further out is an error.
 BOX_TOLERANCE = 1.0
-#: At most this many problems are spelled out in one DataError; the rest are counted.
-MAX_LISTED = 20
 
 REQUIRED_KEYS = ("images", "annotations", "categories")
-
-
-class ProblemLog:
-    """Collects validation problems so that one DataError can report all of them."""
-
-    def __init__(self, context: str) -> None:
-        self.context = context
-        self.problems: list[str] = []
-
-    def add(self, problem: str) -> None:
-        self.problems.append(problem)
-
-    def raise_if_any(self) -> None:
-        """Raise one DataError naming `context` and listing the first `MAX_LISTED` problems."""
-        if not self.problems:
-            return
-        if len(self.problems) == 1:
-            raise DataError(f"{self.context}: {self.problems[0]}")
-        lines = [f"{self.context}: {len(self.problems)} problems found"]
-        lines += [f"  - {p}" for p in self.problems[:MAX_LISTED]]
-        if len(self.problems) > MAX_LISTED:
-            lines.append(f"  ... and {len(self.problems) - MAX_LISTED} more")
-        raise DataError("\n".join(lines))
 
 
 def check_box(
@@ -98,26 +76,30 @@ def _read_json(path: Path) -> Any:
 
 def _parse_categories(raw: Any, log: ProblemLog) -> list[Category]:
     if not isinstance(raw, list):
-        log.add("'categories' must be a list")
+        log.add("'categories' must be a list", kind="malformed-file")
         return []
     seen: dict[int, int] = {}
     valid: list[tuple[int, str]] = []
     for pos, cat in enumerate(raw):
         if not isinstance(cat, dict) or not _is_int(cat.get("id")):
-            log.add(f"categories[{pos}]: missing or non-integer 'id'")
+            log.add("missing or non-integer 'id'", record=f"categories[{pos}]", kind="category")
             continue
         cid = cat["id"]
         if cid in seen:
-            log.add(f"category id {cid}: duplicate id (categories[{seen[cid]}] and categories[{pos}])")
+            log.add(
+                f"duplicate id (categories[{seen[cid]}] and categories[{pos}])",
+                record=f"category id {cid}",
+                kind="duplicate-id",
+            )
             continue
         seen[cid] = pos
         name = cat.get("name")
         if not isinstance(name, str) or not name:
-            log.add(f"category id {cid}: missing or empty 'name'")
+            log.add("missing or empty 'name'", record=f"category id {cid}", kind="category")
             continue
         valid.append((cid, name))
     if not raw:
-        log.add("no categories in 'categories'")
+        log.add("no categories in 'categories'", kind="empty-dataset")
     valid.sort()
     return [Category(id=cid, name=name, label=i + 1) for i, (cid, name) in enumerate(valid)]
 
@@ -125,33 +107,51 @@ def _parse_categories(raw: Any, log: ProblemLog) -> list[Category]:
 def _parse_images(raw: Any, log: ProblemLog) -> dict[int, ImageRecord]:
     """Image records by id, in file order; annotations are attached later."""
     if not isinstance(raw, list):
-        log.add("'images' must be a list")
+        log.add("'images' must be a list", kind="malformed-file")
         return {}
     if not raw:
-        log.add("empty dataset: no images in 'images'")
+        log.add("empty dataset: no images in 'images'", kind="empty-dataset")
     seen: dict[int, int] = {}
     records: dict[int, ImageRecord] = {}
     for pos, img in enumerate(raw):
         if not isinstance(img, dict) or not _is_int(img.get("id")):
-            log.add(f"images[{pos}]: missing or non-integer 'id'")
+            log.add("missing or non-integer 'id'", record=f"images[{pos}]", scope=IMAGE, kind="image-record")
             continue
         iid = img["id"]
         if iid in seen:
-            log.add(f"image id {iid}: duplicate id (images[{seen[iid]}] and images[{pos}])")
+            log.add(
+                f"duplicate id (images[{seen[iid]}] and images[{pos}])",
+                record=f"image id {iid}",
+                scope=IMAGE,
+                kind="duplicate-id",
+                image_id=iid,
+            )
             continue
         seen[iid] = pos
         file_name = img.get("file_name")
         if not isinstance(file_name, str) or not file_name:
-            log.add(f"image id {iid}: missing or empty 'file_name'")
+            log.add(
+                "missing or empty 'file_name'",
+                record=f"image id {iid}",
+                scope=IMAGE,
+                kind="image-record",
+                image_id=iid,
+            )
             continue
         size_ok = True
+        where = {"record": f"image id {iid} ({file_name})", "image_id": iid}
         for key in ("width", "height"):
             value = img.get(key)
             if value is None:
-                log.add(f"image id {iid} ({file_name}): missing '{key}'")
+                log.add(f"missing '{key}'", scope=IMAGE, kind="image-record", **where)
                 size_ok = False
             elif not (_is_number(value) and math.isfinite(value) and value == int(value) and value > 0):
-                log.add(f"image id {iid} ({file_name}): '{key}' must be a positive integer, got {value!r}")
+                log.add(
+                    f"'{key}' must be a positive integer, got {value!r}",
+                    scope=IMAGE,
+                    kind="image-record",
+                    **where,
+                )
                 size_ok = False
         if size_ok:
             records[iid] = ImageRecord(iid, file_name, int(img["width"]), int(img["height"]))
@@ -168,7 +168,7 @@ def _parse_annotations(
 ) -> None:
     """Validate the annotations and fill each record's boxes, labels and ignore regions."""
     if not isinstance(raw, list):
-        log.add("'annotations' must be a list")
+        log.add("'annotations' must be a list", kind="malformed-file")
         return
     # per image: [boxes, labels, ids] for objects and for crowd (ignore) regions
     objects: dict[int, tuple[list, list, list]] = {iid: ([], [], []) for iid in records}
@@ -176,28 +176,42 @@ def _parse_annotations(
     seen: dict[int, int] = {}
     for pos, ann in enumerate(raw):
         if not isinstance(ann, dict) or not _is_int(ann.get("id")):
-            log.add(f"annotations[{pos}]: missing or non-integer 'id'")
+            log.add(
+                "missing or non-integer 'id'",
+                record=f"annotations[{pos}]",
+                scope=ANNOTATION,
+                kind="annotation",
+            )
             continue
         aid = ann["id"]
         if aid in seen:
-            log.add(f"annotation id {aid}: duplicate id (annotations[{seen[aid]}] and annotations[{pos}])")
+            log.add(
+                f"duplicate id (annotations[{seen[aid]}] and annotations[{pos}])",
+                record=f"annotation id {aid}",
+                scope=ANNOTATION,
+                kind="duplicate-id",
+            )
             continue
         seen[aid] = pos
         iid, cid = ann.get("image_id"), ann.get("category_id")
-        where = f"annotation id {aid} (image id {iid})"
+        at = {
+            "record": f"annotation id {aid} (image id {iid})",
+            "scope": ANNOTATION,
+            "image_id": iid if _is_int(iid) else None,
+        }
         if not _is_int(iid) or iid not in image_ids:
-            log.add(f"{where}: unknown image id {iid!r}")
+            log.add(f"unknown image id {iid!r}", kind="unknown-id", **at)
             continue
         if not _is_int(cid) or cid not in category_ids:
-            log.add(f"{where}: unknown category id {cid!r}")
+            log.add(f"unknown category id {cid!r}", kind="unknown-id", **at)
             continue
         crowd = ann.get("iscrowd", 0)
         if crowd not in (0, 1) or isinstance(crowd, bool):
-            log.add(f"{where}: 'iscrowd' must be 0 or 1, got {crowd!r}")
+            log.add(f"'iscrowd' must be 0 or 1, got {crowd!r}", kind="annotation", **at)
             continue
         bbox = ann.get("bbox")
         if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
-            log.add(f"{where}: 'bbox' must be a list of 4 numbers [x, y, w, h], got {bbox!r}")
+            log.add(f"'bbox' must be a list of 4 numbers [x, y, w, h], got {bbox!r}", kind="box", **at)
             continue
         record = records.get(iid)
         if record is None:  # the image itself is invalid and already reported
@@ -206,12 +220,14 @@ def _parse_annotations(
         shown = "[" + ", ".join(f"{v:g}" for v in bbox) + "]"
         box, problem = check_box(x, y, x + w, y + h, record.width, record.height, shown)
         if problem is not None:
-            log.add(f"{where}: {problem}")
+            log.add(problem, kind="box", **at)
             continue
-        # labels are only meaningful when the categories parsed cleanly; otherwise we raise anyway
+        label = cat_to_label.get(cid)
+        if label is None:  # its category is invalid and already reported
+            continue
         target = crowds[iid] if crowd else objects[iid]
         target[0].append(box)
-        target[1].append(cat_to_label.get(cid, 0))
+        target[1].append(label)
         target[2].append(aid)
     for iid, record in records.items():
         boxes, labels, ids = objects[iid]
@@ -223,7 +239,7 @@ def _parse_annotations(
         record.annotation_ids = np.array(ids + crowd_ids, np.int64)
 
 
-def load_coco(ann_file: Path, image_root: Path | None = None) -> DatasetIndex:
+def load_coco(ann_file: Path, image_root: Path | None = None, log: ProblemLog | None = None) -> DatasetIndex:
     """Read a COCO detection file into a validated `DatasetIndex`.
 
     Categories sorted by id get labels 1..C. Images without annotations are kept (pure negatives).
@@ -231,10 +247,15 @@ def load_coco(ann_file: Path, image_root: Path | None = None) -> DatasetIndex:
     image are clipped. `annotation_ids` holds the ids of the boxes followed by those of the ignore
     regions, so `write_coco` can write the same ids back. `image_root` (default: the annotation
     file's folder) is the folder that each image's `file_name` is relative to.
+
+    Every problem raises one DataError at the end; with a `log`, problems go there instead and the
+    index holds what is valid (invalid image records and annotations left out). A file that cannot
+    be read as a COCO JSON object raises DataError either way.
     """
     ann_file = Path(ann_file)
     data = _read_json(ann_file)
-    log = ProblemLog(str(ann_file))
+    strict = log is None
+    log = ProblemLog(str(ann_file)) if log is None else log
     if not isinstance(data, dict):
         raise DataError(f"{ann_file}: expected a JSON object with keys {', '.join(REQUIRED_KEYS)}")
     missing = [k for k in REQUIRED_KEYS if k not in data]
@@ -251,7 +272,8 @@ def load_coco(ann_file: Path, image_root: Path | None = None) -> DatasetIndex:
     category_ids = {c["id"] for c in raw_cats if isinstance(c, dict) and _is_int(c.get("id"))}
     cat_to_label = {c.id: c.label for c in categories}
     _parse_annotations(data["annotations"], records, image_ids, cat_to_label, category_ids, log)
-    log.raise_if_any()
+    if strict:
+        log.raise_if_any()
     return DatasetIndex(
         records=list(records.values()),
         categories=categories,

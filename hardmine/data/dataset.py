@@ -57,7 +57,9 @@ class DetectionDataset(Dataset[tuple[Tensor, Target]]):
     An item is `(image, target)`: image float32 [3, H, W] in [0, 1]; target "boxes" float32 [N, 4]
     (xyxy pixels), "labels" int64 [N] (1..C), "ignore_boxes" float32 [M, 4], "image_id" int64 [],
     and, when `proposals` (image id -> [P, 4] boxes, for Fast R-CNN) is given, "proposals" float32
-    [P, 4], flipped together with the image.
+    [P, 4], flipped together with the image; when `hard_negatives` (image id -> [H, 4] mined regions,
+    see `hardmine.engine.mining`) is given, "hard_negatives" float32 [H, 4] (empty for images
+    without any), flipped likewise.
     Augmentation draws from torch's RNG seeded by (seed, epoch, index) inside `fork_rng`, so an
     item is the same whatever the worker count or process, and the caller's RNG is left untouched.
     Call `set_epoch` before each epoch's DataLoader iterator is created (with `persistent_workers`
@@ -71,12 +73,14 @@ class DetectionDataset(Dataset[tuple[Tensor, Target]]):
         hflip_prob: float = 0.5,
         seed: int = 0,
         proposals: dict[int, Tensor] | None = None,
+        hard_negatives: dict[int, Tensor] | None = None,
     ) -> None:
         self.index = index
         self.train = train
         self.seed = seed
         self.epoch = 0
         self.proposals = proposals
+        self.hard_negatives = hard_negatives
         self.transforms = build_train_transforms(hflip_prob) if train else build_eval_transforms()
         if proposals is not None:
             missing = [r.image_id for r in index.records if r.image_id not in proposals]
@@ -103,6 +107,9 @@ class DetectionDataset(Dataset[tuple[Tensor, Target]]):
         }
         if self.proposals is not None:
             target["proposals"] = _boxes(self.proposals[record.image_id], canvas)
+        if self.hard_negatives is not None:
+            mined = self.hard_negatives.get(record.image_id, torch.zeros((0, 4)))
+            target["hard_negatives"] = _boxes(mined, canvas)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(item_seed(self.seed, self.epoch, i))
             image, target = self.transforms(image, target)

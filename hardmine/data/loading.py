@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hardmine.data.coco import load_coco
+from hardmine.data.problems import ProblemLog
 from hardmine.data.records import DatasetIndex
 from hardmine.data.voc import load_voc
 from hardmine.errors import DataError
@@ -18,20 +19,22 @@ def load_dataset(
     image_root: str | Path | None = None,
     split: str | None = None,
     class_names: Sequence[str] | None = None,
+    log: ProblemLog | None = None,
 ) -> DatasetIndex:
     """Read a dataset from `path`, choosing the format from what the path is.
 
     A `.json` file is read as COCO (`image_root` applies; `split` and `class_names` are VOC-only
     and ignored). A directory with an `Annotations/` folder is read as VOC with `split` (default
     "trainval") and `class_names` (default: the 20 VOC classes); its images live under the directory.
+    With a `log` the reader reports problems there and returns what is valid (see `load_coco`).
     """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: dataset path does not exist")
     if path.is_file() and path.suffix.lower() == ".json":
-        return load_coco(path, Path(image_root) if image_root is not None else None)
+        return load_coco(path, Path(image_root) if image_root is not None else None, log=log)
     if path.is_dir() and (path / "Annotations").is_dir():
-        return load_voc(path, split or DEFAULT_VOC_SPLIT, class_names)
+        return load_voc(path, split or DEFAULT_VOC_SPLIT, class_names, log=log)
     raise DataError(
         f"{path}: not a dataset; expected a COCO annotation file (*.json) or a VOC root directory "
         "containing Annotations/, ImageSets/Main/ and JPEGImages/"

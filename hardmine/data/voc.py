@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hardmine.data.coco import ProblemLog, check_box, stack_boxes
+from hardmine.data.coco import check_box, stack_boxes
+from hardmine.data.problems import ANNOTATION, IMAGE, ProblemLog
 from hardmine.data.records import Category, DatasetIndex, ImageRecord
 from hardmine.errors import DataError
 
@@ -52,7 +53,11 @@ def _read_split(root: Path, split: str) -> tuple[Path, list[str]]:
         hint = f"; splits found: {', '.join(found)}" if found else ""
         raise DataError(f"{split_file}: split file not found{hint}")
     # the first token of each line is the id (class-specific split files add a +1/-1 column)
-    ids = [line.split()[0] for line in split_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = split_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{split_file}: cannot read split file: {exc}") from None
+    ids = [line.split()[0] for line in text.splitlines() if line.strip()]
     if not ids:
         raise DataError(f"{split_file}: empty split, no image ids listed")
     return split_file, ids
@@ -72,25 +77,37 @@ def _number(node: ET.Element, path: str) -> float | None:
 
 
 def _parse_objects(
-    root_node: ET.Element, where: str, width: int, height: int, name_to_label: dict[str, int], log: ProblemLog
+    root_node: ET.Element,
+    xml_file: Path,
+    image_id: int,
+    width: int,
+    height: int,
+    name_to_label: dict[str, int],
+    log: ProblemLog,
 ) -> tuple[list, list, list, list]:
     """Boxes and labels of the objects, then of the `difficult` objects (ignore regions)."""
     boxes, labels, ignore_boxes, ignore_labels = [], [], [], []
     for pos, obj in enumerate(root_node.findall("object")):
         name = _text(obj, "name")
-        at = f"{where}: object {pos} ({name})"
+        at = {"file": str(xml_file), "record": f"object {pos} ({name})", "image_id": image_id}
         if name not in name_to_label:
-            log.add(f"{at}: unknown class name {name!r}; known classes: {', '.join(name_to_label)}")
+            known = ", ".join(name_to_label)
+            log.add(
+                f"unknown class name {name!r}; known classes: {known}",
+                scope=ANNOTATION,
+                kind="unknown-id",
+                **at,
+            )
             continue
         corners = [_number(obj, f"bndbox/{k}") for k in ("xmin", "ymin", "xmax", "ymax")]
         if any(c is None for c in corners):
-            log.add(f"{at}: missing or non-numeric bndbox xmin/ymin/xmax/ymax")
+            log.add("missing or non-numeric bndbox xmin/ymin/xmax/ymax", scope=ANNOTATION, kind="box", **at)
             continue
         xmin, ymin, xmax, ymax = corners
         shown = f"[xmin={xmin:g}, ymin={ymin:g}, xmax={xmax:g}, ymax={ymax:g}]"
         box, problem = check_box(xmin - 1, ymin - 1, xmax, ymax, width, height, shown)
         if problem is not None:
-            log.add(f"{at}: {problem}")
+            log.add(problem, scope=ANNOTATION, kind="box", **at)
             continue
         difficult = _text(obj, "difficult") == "1"
         (ignore_boxes if difficult else boxes).append(box)
@@ -109,23 +126,30 @@ def _parse_xml(
     xml_file: Path, image_id: int, name_to_label: dict[str, int], log: ProblemLog
 ) -> ImageRecord | None:
     """One image's record, or None (with the problem logged) when the file is unusable."""
-    where = str(xml_file)
+    at = {"file": str(xml_file), "scope": IMAGE, "image_id": image_id}
     if not xml_file.is_file():
-        log.add(f"{where}: annotation file not found")
+        log.add("annotation file not found", kind="annotation-file", **at)
         return None
     try:
         tree = ET.parse(xml_file)
     except ET.ParseError as exc:
-        log.add(f"{where}: malformed XML: {exc}")
+        log.add(f"malformed XML: {exc}", kind="malformed-file", **at)
+        return None
+    except OSError as exc:
+        log.add(f"cannot read annotation file: {exc}", kind="annotation-file", **at)
         return None
     node = tree.getroot()
     width, height = _size(node, "width"), _size(node, "height")
     if width is None or height is None:
-        log.add(f"{where}: missing or invalid <size> (need positive integer <width> and <height>)")
+        log.add(
+            "missing or invalid <size> (need positive integer <width> and <height>)",
+            kind="image-record",
+            **at,
+        )
         return None
     file_name = _text(node, "filename") or f"{xml_file.stem}.jpg"
     boxes, labels, ignore_boxes, ignore_labels = _parse_objects(
-        node, where, width, height, name_to_label, log
+        node, xml_file, image_id, width, height, name_to_label, log
     )
     return ImageRecord(
         image_id=image_id,
@@ -139,7 +163,12 @@ def _parse_xml(
     )
 
 
-def load_voc(root: Path, split: str = "trainval", class_names: Sequence[str] | None = None) -> DatasetIndex:
+def load_voc(
+    root: Path,
+    split: str = "trainval",
+    class_names: Sequence[str] | None = None,
+    log: ProblemLog | None = None,
+) -> DatasetIndex:
     """Read the images listed in `ImageSets/Main/<split>.txt` under a VOCdevkit-style `root`.
 
     `class_names` (default: the 20 Pascal VOC classes) get category ids and labels 1..C in that
@@ -147,6 +176,10 @@ def load_voc(root: Path, split: str = "trainval", class_names: Sequence[str] | N
     file names are relative to `root`. Images without objects are kept. Annotation ids are numbered
     1, 2, ... over the split (objects, then ignore regions, per image) so the index can be written
     as COCO.
+
+    Every problem raises one DataError at the end; with a `log`, problems go there instead and the
+    index holds the images whose XML is valid, without their invalid objects. A missing or empty
+    split file, or bad `class_names`, raises DataError either way.
     """
     root = Path(root)
     names = tuple(VOC_CLASSES if class_names is None else class_names)
@@ -154,13 +187,15 @@ def load_voc(root: Path, split: str = "trainval", class_names: Sequence[str] | N
         raise DataError(f"{root}: class names must be a non-empty list without duplicates, got {list(names)}")
     name_to_label = {name: i + 1 for i, name in enumerate(names)}
     split_file, ids = _read_split(root, split)
-    log = ProblemLog(str(split_file))
+    strict = log is None
+    log = ProblemLog(str(split_file)) if log is None else log
     records = []
     for image_id, stem in enumerate(ids):
         record = _parse_xml(root / "Annotations" / f"{stem}.xml", image_id, name_to_label, log)
         if record is not None:
             records.append(record)
-    log.raise_if_any()
+    if strict:
+        log.raise_if_any()
     next_id = 1
     for record in records:
         count = len(record.boxes) + len(record.ignore_boxes)

@@ -11,7 +11,8 @@ class MetricLogger:
     """Append rows to `DIR/log.csv` and scalars to TensorBoard under `DIR/tensorboard`.
 
     The CSV header is fixed by the first row; on resume rows are appended to the existing file
-    after dropping rows past the resumed iteration (they were written after the last checkpoint).
+    after dropping rows past the resumed iteration (they were written after the last checkpoint)
+    and any row cut short by a killed process.
     """
 
     def __init__(self, out_dir: Path, resume_from: int | None = None, tensorboard: bool = True) -> None:
@@ -19,7 +20,7 @@ class MetricLogger:
         self.fields: list[str] | None = None
         if resume_from is not None and self.path.is_file():
             with self.path.open(newline="") as fh:
-                rows = [r for r in csv.DictReader(fh) if int(r["iteration"]) <= resume_from]
+                rows = [r for r in csv.DictReader(fh) if _iteration(r) <= resume_from]
             if rows:
                 self.fields = list(rows[0].keys())
                 self._rewrite(rows)
@@ -52,3 +53,13 @@ class MetricLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _iteration(row: dict[str | None, Any]) -> float:
+    """A row's iteration; infinity (never kept) for a row that is incomplete or malformed."""
+    if None in row or any(v is None for v in row.values()):
+        return float("inf")
+    try:
+        return int(row["iteration"])  # type: ignore[arg-type]
+    except (KeyError, ValueError):
+        return float("inf")

@@ -186,3 +186,11 @@ def test_missing_proposals_are_reported(index: DatasetIndex) -> None:
     expected = r"x\.json: no proposals for 22 image\(s\), e.g. image ids \[8, 9, 10, 11, 12\]"
     with pytest.raises(DataError, match=expected):
         DetectionDataset(index, train=True, proposals={7: torch.zeros((0, 4))})
+
+
+def test_mined_hard_negatives_are_flipped_with_the_image(index: DatasetIndex) -> None:
+    mined = {7: torch.tensor([[2.0, 3.0, 10.0, 20.0]])}
+    _, target = DetectionDataset(index, train=True, hflip_prob=1.0, hard_negatives=mined)[0]
+    assert target["hard_negatives"].tolist() == [[30, 3, 38, 20]]
+    _, target = DetectionDataset(index, train=True, hflip_prob=1.0, hard_negatives=mined)[1]
+    assert target["hard_negatives"].shape == (0, 4)  # an image without mined regions
