@@ -1,7 +1,10 @@
-"""Accuracy on the built-in dataset under a fixed training budget: AP, AP50 and wall time per row.
+"""Accuracy on the built-in dataset under a fixed training budget: AP, AP50, training and test time per row.
 
 Each row is a preset plus overrides, trained with the same data, budget and seeds; results are
-mean +- std over seeds. Later work adds rows (samplers, losses, tricks) to `ROWS`.
+mean +- std over seeds. Later work adds rows (samplers, losses, tricks) to `ROWS`. A row whose
+config differs from an earlier row of the same invocation only in test-time options (`eval.*`,
+`roi_head.iterative.*`) evaluates that row's trained models instead of training them again; its
+training time is theirs. Test time is the evaluation of the validation set, metrics included.
 
     python -m benchmarks.accuracy [--rows NAME ...] [--seeds 3] [--iters 600] [--quick] [--out DIR]
 
@@ -17,10 +20,17 @@ import statistics
 import time
 from pathlib import Path
 
-from hardmine.config import load_config
-from hardmine.engine.trainer import train
+from hardmine.config import Config, load_config
+from hardmine.data.sources import resolve_split
+from hardmine.engine.checkpoint import FINAL, load_checkpoint, load_model_state
+from hardmine.engine.inference import resolve_device
+from hardmine.engine.mining import FILE_NAME as MINED_FILE
+from hardmine.engine.trainer import evaluate_model, load_split_proposals, train
+from hardmine.models.build import build_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+#: Multi-scale testing of the test-time rows: shorter sides around the presets' 320.
+TEST_SCALES = "eval.scales=[256,320,416]"
 
 #: Row name -> (preset, overrides). Every row trains on the same data with the same budget.
 ROWS: dict[str, tuple[str, list[str]]] = {
@@ -31,7 +41,76 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "retinanet_tiny focal": ("retinanet_tiny.yaml", []),
     "retinanet_tiny hard_negative": ("retinanet_hard_negative.yaml", []),
     "retinanet_tiny ohem": ("retinanet_ohem.yaml", []),
+    "retinanet_tiny alpha-balanced CE": (
+        "retinanet_tiny.yaml",
+        ["dense_head.cls_loss=bce", "dense_head.focal_alpha=0.25"],
+    ),
+    "retinanet_tiny GHM-C + GHM-R": ("retinanet_ghm.yaml", []),
+    "retinanet_tiny sampling-free": ("retinanet_sampling_free.yaml", []),
+    "faster_rcnn_tiny sampling-free": ("faster_rcnn_sampling_free.yaml", []),
+    # Test-time options (docs/test-time-and-mining.md). These rows differ from an earlier row only at
+    # test time, so they evaluate its trained models (run them together with it).
+    "faster_rcnn_tiny random, test 3 scales": ("faster_rcnn_tiny.yaml", [TEST_SCALES]),
+    "faster_rcnn_tiny random, test 3 scales + flip": (
+        "faster_rcnn_tiny.yaml",
+        [TEST_SCALES, "eval.hflip=true"],
+    ),
+    "faster_rcnn_tiny random, iterative bbox reg": ("faster_rcnn_tiny.yaml", ["roi_head.iterative.rounds=1"]),
+    "faster_rcnn_tiny ohem, 3 scales + flip + iterative bbox reg (OHEM paper's test)": (
+        "faster_rcnn_ohem.yaml",
+        [TEST_SCALES, "eval.hflip=true", "roi_head.iterative.rounds=1"],
+    ),
+    "retinanet_tiny focal, test 3 scales + flip": ("retinanet_tiny.yaml", [TEST_SCALES, "eval.hflip=true"]),
+    # Offline bootstrapping: one round = train, mine data.train's false positives (score >= 0.5,
+    # IoU < 0.3), retrain from those weights for another full budget with them among the RoI
+    # candidates. The restart controls retrain the same way with nothing mined (no detection
+    # scores 1.0), so they separate the mined regions from the extra training. The random sampler's
+    # background range starts at 0 here, as OHEM's does, or mined regions with IoU < 0.1 to every
+    # object would never be sampled.
+    "faster_rcnn_tiny random bg_lo=0": ("faster_rcnn_tiny.yaml", ["roi_head.bg_iou_lo=0.0"]),
+    "faster_rcnn_tiny random bg_lo=0, restart (control)": (
+        "faster_rcnn_tiny.yaml",
+        ["roi_head.bg_iou_lo=0.0", "mining.rounds=1", "mining.score_thresh=1.0"],
+    ),
+    "faster_rcnn_tiny random bg_lo=0, bootstrap 1 round": (
+        "faster_rcnn_tiny.yaml",
+        ["roi_head.bg_iou_lo=0.0", "mining.rounds=1"],
+    ),
+    "faster_rcnn_tiny ohem, restart (control)": (
+        "faster_rcnn_ohem.yaml",
+        ["mining.rounds=1", "mining.score_thresh=1.0"],
+    ),
+    "faster_rcnn_tiny ohem, bootstrap 1 round": ("faster_rcnn_ohem.yaml", ["mining.rounds=1"]),
 }
+
+#: Config entries that change only inference; a row differing only there reuses trained models.
+TEST_TIME_KEYS = (("eval",), ("roi_head", "iterative"), ("output_dir",))
+#: (training config, seed) -> the run that trained it: checkpoint, training time, s/iter, row name.
+_TRAINED: dict[str, dict] = {}
+
+
+def training_key(cfg: Config) -> str:
+    """The config without its test-time entries: runs with equal keys train the same model."""
+    config = cfg.to_dict()
+    for path in TEST_TIME_KEYS:
+        node = config
+        for part in path[:-1]:
+            node = node[part]
+        node.pop(path[-1])
+    return json.dumps(config, sort_keys=True)
+
+
+def evaluate_checkpoint(cfg: Config, checkpoint: Path) -> tuple[dict[str, float], float]:
+    """Metrics of `checkpoint`'s weights in the model `cfg` describes, and the seconds it took."""
+    device = resolve_device(cfg.train.device)
+    index = resolve_split(cfg.data, "val")
+    model = build_model(cfg, index.num_classes)
+    load_model_state(model, load_checkpoint(checkpoint)["model"], str(checkpoint))
+    model.to(device).eval()
+    proposals = load_split_proposals(cfg, "val", index)
+    start = time.perf_counter()
+    metrics = evaluate_model(model, cfg, index, device, proposals=proposals)
+    return metrics, time.perf_counter() - start
 
 
 def run_row(name: str, seeds: list[int], iters: int, out: Path, extra: list[str]) -> dict:
@@ -48,17 +127,44 @@ def run_row(name: str, seeds: list[int], iters: int, out: Path, extra: list[str]
                 f"solver.max_iter={iters}",
                 f"solver.warmup_iters={min(50, iters // 10)}",
                 "train.progress=false",
+                "train.eval_at_end=false",
                 f"output_dir={run_dir}",
             ],
         )
-        start = time.perf_counter()
-        result = train(cfg)
-        wall = time.perf_counter() - start
-        assert result.metrics is not None
-        runs.append({"seed": seed, "wall_s": wall, "s_per_iter": result.seconds_per_iter, **result.metrics})
+        key = training_key(cfg)
+        if key not in _TRAINED:
+            start = time.perf_counter()
+            result = train(cfg)
+            wall = time.perf_counter() - start
+            out_dir = Path(result.output_dir)
+            mined = out_dir / f"round{cfg.mining.rounds}" / MINED_FILE
+            _TRAINED[key] = {
+                "checkpoint": out_dir / FINAL,
+                "train_s": wall,
+                "s_per_iter": result.seconds_per_iter,
+                "trained_by": name,
+                "mined_regions": json.loads(mined.read_text())["num_regions"] if mined.is_file() else None,
+            }
+        trained = _TRAINED[key]
+        metrics, eval_s = evaluate_checkpoint(cfg, trained["checkpoint"])
+        runs.append(
+            {
+                "seed": seed,
+                "wall_s": trained["train_s"],
+                "eval_s": eval_s,
+                "s_per_iter": trained["s_per_iter"],
+                "trained_by": trained["trained_by"],
+                "mined_regions": trained["mined_regions"],
+                **metrics,
+            }
+        )
+        shared = f", model of '{trained['trained_by']}'" if trained["trained_by"] != name else ""
+        mined_note = (
+            f", {trained['mined_regions']} mined regions" if trained["mined_regions"] is not None else ""
+        )
         print(
-            f"  {name} seed {seed}: AP {result.metrics['AP']:.3f} AP50 {result.metrics['AP50']:.3f} "
-            f"({wall:.0f} s)",
+            f"  {name} seed {seed}: AP {metrics['AP']:.3f} AP50 {metrics['AP50']:.3f} "
+            f"(train {trained['train_s']:.0f} s, test {eval_s:.1f} s{shared}{mined_note})",
             flush=True,
         )
     return {"name": name, "runs": runs}
@@ -91,14 +197,15 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "accuracy.json").write_text(json.dumps({"iters": iters, "seeds": seeds, "rows": rows}, indent=2))
     print(f"\n{iters} iterations, seeds {seeds}, batch 2, built-in dataset\n")
-    print("| row | AP | AP50 | wall time per run (s) | s/iter |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| row | AP | AP50 | training time per run (s) | test time per run (s) | s/iter |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for row in rows:
         runs = row["runs"]
         ap, ap50 = _mean_std([r["AP"] for r in runs]), _mean_std([r["AP50"] for r in runs])
         wall = statistics.mean(r["wall_s"] for r in runs)
+        test = statistics.mean(r["eval_s"] for r in runs)
         per_iter = statistics.mean(r["s_per_iter"] for r in runs)
-        print(f"| {row['name']} | {ap} | {ap50} | {wall:.0f} | {per_iter:.3f} |")
+        print(f"| {row['name']} | {ap} | {ap50} | {wall:.0f} | {test:.1f} | {per_iter:.3f} |")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """Shared fixtures: a tiny built-in dataset generated once per test session."""
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,18 @@ FAST = [
     "train.progress=false",
     "train.log_period=1",
 ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests never read or write the user's cache (sampling-free dataset statistics)."""
+    previous = os.environ.get("HARDMINE_CACHE_DIR")
+    os.environ["HARDMINE_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if previous is None:
+        os.environ.pop("HARDMINE_CACHE_DIR", None)
+    else:
+        os.environ["HARDMINE_CACHE_DIR"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,10 @@
-"""Loss functions: soft sampling (focal, GHM) and box regression (balanced L1); see DESIGN.md."""
+"""Loss functions: soft sampling (focal, GHM), sampling-free guided scaling and box regression
+(balanced L1); see DESIGN.md."""
 
 from hardmine.losses.balanced_l1 import BalancedL1Loss, balanced_l1_loss
 from hardmine.losses.focal import SigmoidFocalLoss, SoftmaxFocalLoss, sigmoid_focal_loss, softmax_focal_loss
 from hardmine.losses.ghm import GHMC, GHMR
+from hardmine.losses.guided import guided_loss_scale
 
 __all__ = [
     "GHMC",
@@ -11,6 +13,7 @@ __all__ = [
     "SigmoidFocalLoss",
     "SoftmaxFocalLoss",
     "balanced_l1_loss",
+    "guided_loss_scale",
     "sigmoid_focal_loss",
     "softmax_focal_loss",
 ]

@@ -25,6 +25,12 @@ anchors), each at least 1; the GHM-R loss is then multiplied by `ghmr_loss_weigh
 official config, which makes up for that per-coordinate normaliser). The GHM modules (`ghm_c`,
 `ghm_r`) are submodules, so their EMA buffers `acc_sum` are state and go into checkpoints; the
 read-only scoring pass of loss-ranking samplers leaves those buffers unchanged.
+
+Sampling-free training (`docs/soft-sampling.md`): `guided_loss` > 0 rescales the classification
+loss each step to that multiple of the box loss (`hardmine.losses.guided_loss_scale`);
+`apply_priors` sets the classification bias and, with `class_adaptive_thresh`, the per-class score
+thresholds (`class_score_thresh`, a buffer used by the detector's inference instead of its fixed
+`score_thresh`) from the training set's `AssignmentCounts`.
 """
 
 from __future__ import annotations
@@ -40,8 +46,10 @@ from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.retinanet import RetinaNetClassificationHead, RetinaNetRegressionHead
 from torchvision.ops import generalized_box_iou_loss
 
-from hardmine.losses import GHMC, GHMR, balanced_l1_loss, sigmoid_focal_loss
+from hardmine.losses import GHMC, GHMR, balanced_l1_loss, guided_loss_scale, sigmoid_focal_loss
+from hardmine.models.hard_negatives import HardNegativeUpweight
 from hardmine.models.matching import candidates_from_matches, match_boxes, sample_weights
+from hardmine.models.priors import AssignmentCounts, sigmoid_prior_bias, store_class_thresholds
 from hardmine.models.stats import sampling_stats
 from hardmine.sampling.base import CandidateLosses, IoUThresholds, Sampler
 from hardmine.sampling.none import NoSampler
@@ -155,6 +163,9 @@ class DenseHead(nn.Module):
         ghmr_loss_weight: float = 10.0,
         normalizer_momentum: float = 0.0,
         prior_prob: float = 0.01,
+        guided_loss: float = 0.0,
+        class_adaptive_thresh: bool = False,
+        hard_negatives: HardNegativeUpweight | None = None,
         num_convs: int = 4,
         head_norm: str = "group",
         low_quality_matches: bool = True,
@@ -173,6 +184,8 @@ class DenseHead(nn.Module):
             raise ValueError(f"num_convs must be in [0, 4], got {num_convs}")
         if not 0.0 < prior_prob < 1.0:
             raise ValueError(f"prior_prob must be in (0, 1), got {prior_prob}")
+        if guided_loss < 0:
+            raise ValueError(f"guided_loss must be >= 0 (0 = off), got {guided_loss}")
         norm = partial(nn.GroupNorm, min(32, in_channels // 4)) if head_norm == "group" else None
         self.classification = RetinaNetClassificationHead(
             in_channels, num_anchors, num_classes, prior_prob, norm_layer=norm
@@ -202,7 +215,30 @@ class DenseHead(nn.Module):
         self.register_buffer("normalizer", torch.zeros(()) if normalizer_momentum > 0 else None)
         self.low_quality_matches = low_quality_matches
         self.box_coder = BoxCoder(box_coder_weights)
+        self.guided_loss = guided_loss
+        # Class-adaptive score thresholds (NaN until `apply_priors`); a buffer, so checkpoints carry it.
+        self.class_score_thresh: Tensor | None
+        thresholds = torch.full((num_classes,), float("nan")) if class_adaptive_thresh else None
+        self.register_buffer("class_score_thresh", thresholds)
+        #: loss weight of background anchors near mined hard negatives (offline bootstrapping)
+        self.hard_negatives = hard_negatives
         self.last_stats: dict[str, Tensor] = {}
+
+    @torch.no_grad()
+    def apply_priors(self, counts: AssignmentCounts, bias: bool, thresholds: bool) -> dict[str, object]:
+        """Sampling-free initialisation from the training set's counts; returns the values set.
+
+        bias: every class logit's bias to the optimal prior pi = N_f / (N * C).
+        thresholds: the class-adaptive score thresholds (the head must have been built with them).
+        """
+        applied: dict[str, object] = {}
+        if bias:
+            prob = counts.prior(self.num_classes)
+            self.classification.cls_logits.bias.fill_(sigmoid_prior_bias(prob))
+            applied.update(prior=prob, bias=sigmoid_prior_bias(prob))
+        if thresholds:
+            applied["class_score_thresh"] = store_class_thresholds(self.class_score_thresh, counts)
+        return applied
 
     def forward(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         return self.classification(features), self.regression(features)
@@ -283,6 +319,8 @@ class DenseHead(nn.Module):
         idx = torch.cat([r.indices + i * num_anchors for i, r in enumerate(results)])
         labels = torch.cat([r.labels for r in results])
         weights = sample_weights(results, matches, targets, torch.float32)
+        if self.hard_negatives is not None:
+            weights = weights * self.hard_negatives.factors(results, anchors, targets).to(weights.device)
         cls, reg = self._per_sample_losses(
             flat_logits[idx], flat_deltas[idx], labels, flat_gt[idx], flat_anchors[idx]
         )
@@ -292,7 +330,8 @@ class DenseHead(nn.Module):
         box_norm = max(reg.numel() * 4, 1) if self.ghm_r is not None else normaliser
         box_weight = self.ghmr_loss_weight if self.ghm_r is not None else 1.0
         self.last_stats = sampling_stats(cls, labels, num_candidates=num_images * num_anchors)
-        return {
-            "loss_dense_cls": (cls * weights).sum() / cls_norm,
-            "loss_dense_box": (reg * weights[fg]).sum() * box_weight / box_norm,
-        }
+        cls_loss = (cls * weights).sum() / cls_norm
+        box_loss = (reg * weights[fg]).sum() * box_weight / box_norm
+        if self.guided_loss > 0:
+            cls_loss = guided_loss_scale(cls_loss, box_loss, self.guided_loss)
+        return {"loss_dense_cls": cls_loss, "loss_dense_box": box_loss}

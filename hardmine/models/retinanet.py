@@ -3,7 +3,8 @@
 Transform, backbone and anchors are torchvision's building blocks; the dense head runs on every
 level the backbone returns (the max-pool level included). Inference follows torchvision's
 RetinaNet: per level the `topk_candidates` best (anchor, class) scores above `score_thresh`, decoded,
-clipped, class-wise NMS, then the best `detections_per_img`.
+clipped, class-wise NMS, then the best `detections_per_img`. A head with class-adaptive
+thresholds (sampling-free training) uses its per-class `class_score_thresh` instead.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from hardmine.models.backbones import build_backbone
 from hardmine.models.dense_head import DenseHead
+from hardmine.models.priors import score_thresholds
 from hardmine.models.transform import DetectionTransform
 
 #: Anchor aspect ratios (h / w) on every level.
@@ -92,6 +94,10 @@ class RetinaNet(nn.Module):
     ) -> list[dict[str, Tensor]]:
         """Detections per image in resized-image coordinates (see the module docstring)."""
         num_classes = cls_logits.shape[-1]
+        # Per-class thresholds of sampling-free training ([C], broadcast over anchors), else the fixed one.
+        thresh = score_thresholds(
+            self.head.class_score_thresh, self.score_thresh, "dense_head.class_adaptive_thresh"
+        )
         out = []
         for logits, image_deltas, image_anchors, size in zip(cls_logits, deltas, anchors, image_sizes):
             boxes_all, scores_all, labels_all = [], [], []
@@ -100,8 +106,9 @@ class RetinaNet(nn.Module):
                 image_deltas.split(anchors_per_level),
                 image_anchors.split(anchors_per_level),
             ):
-                scores = torch.sigmoid(level_logits.float()).flatten()
-                candidates = torch.nonzero(scores > self.score_thresh).flatten()
+                probs = torch.sigmoid(level_logits.float())
+                candidates = torch.nonzero((probs > thresh).flatten()).flatten()
+                scores = probs.flatten()
                 scores, order = scores[candidates].topk(min(self.topk_candidates, candidates.numel()))
                 candidates = candidates[order]
                 anchor_idx = candidates // num_classes

@@ -5,6 +5,12 @@ proposal filtering). Anchors are matched with `match_boxes` (low-quality matches
 Faster R-CNN) and chosen by the configured sampler, so the RPN takes the same samplers as the
 RoI head: random (the Faster R-CNN default, 256 anchors per image, half foreground), none, and
 later the loss-ranking ones through the scoring callable.
+
+Both losses are divided by the number of sampled anchors (torchvision's normalisation). With
+`guided_loss` > 0 (sampling-free training) the box loss is divided by the number of foreground
+anchors instead, as in the sampling-free authors' code, and the objectness loss is rescaled each
+step to `guided_loss` times the box loss's value; `apply_priors` sets the objectness bias to the
+training set's foreground ratio.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers
 
+from hardmine.losses.guided import guided_loss_scale
 from hardmine.models.matching import candidates_from_matches, match_boxes, matched_boxes, sample_weights
+from hardmine.models.priors import AssignmentCounts, sigmoid_prior_bias
 from hardmine.models.stats import sampling_stats
 from hardmine.sampling.base import CandidateLosses, Sampler, SampleResult
 
@@ -33,7 +41,10 @@ class RPN(RegionProposalNetwork):
         post_nms_top_n: dict[str, int],
         nms_thresh: float = 0.7,
         smooth_l1_beta: float = 1.0 / 9,
+        guided_loss: float = 0.0,
     ) -> None:
+        if guided_loss < 0:
+            raise ValueError(f"guided_loss must be >= 0 (0 = off), got {guided_loss}")
         thresholds = sampler.thresholds
         # torchvision's own matcher/sampler are built but unused: hardmine's sampler replaces them.
         super().__init__(
@@ -49,7 +60,22 @@ class RPN(RegionProposalNetwork):
         )
         self.sampler = sampler
         self.smooth_l1_beta = smooth_l1_beta
+        self.guided_loss = guided_loss
         self.last_stats: dict[str, Tensor] = {}
+
+    @torch.no_grad()
+    def apply_priors(self, counts: AssignmentCounts, bias: bool, thresholds: bool) -> dict[str, object]:
+        """Sampling-free initialisation: the objectness bias to the prior N_f / N (one class).
+
+        Proposals have no class scores, so `thresholds` does not apply to the RPN.
+        """
+        if thresholds:
+            raise ValueError("the RPN has no class scores: class-adaptive thresholds do not apply")
+        if not bias:
+            return {}
+        prob = counts.prior(1)
+        self.head.cls_logits.bias.fill_(sigmoid_prior_bias(prob))
+        return {"prior": prob, "bias": sigmoid_prior_bias(prob)}
 
     def forward(
         self,
@@ -141,11 +167,12 @@ class RPN(RegionProposalNetwork):
             box = F.smooth_l1_loss(
                 deltas[idx_images[fg], idx[fg]], fg_targets, beta=self.smooth_l1_beta, reduction="none"
             ).sum(dim=1)
-            box_loss = (box * weights[fg]).sum() / num_sampled
+            box_norm = max(int(fg.sum()), 1) if self.guided_loss > 0 else num_sampled
+            box_loss = (box * weights[fg]).sum() / box_norm
         else:
             box_loss = deltas.sum() * 0.0
         self.last_stats = sampling_stats(cls.detach(), labels, num_candidates=logits.numel())
-        return {
-            "loss_rpn_cls": (cls * weights).sum() / num_sampled,
-            "loss_rpn_box": box_loss,
-        }
+        cls_loss = (cls * weights).sum() / num_sampled
+        if self.guided_loss > 0:
+            cls_loss = guided_loss_scale(cls_loss, box_loss, self.guided_loss)
+        return {"loss_rpn_cls": cls_loss, "loss_rpn_box": box_loss}

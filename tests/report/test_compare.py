@@ -301,3 +301,11 @@ def test_default_spec_compares_three_two_stage_and_three_one_stage_strategies(tm
 
     quick = load_spec(QUICK_SPEC)
     assert [r.name for r in quick.runs] == [r.name for r in spec.runs] and quick.budget <= 30
+
+
+@pytest.mark.parametrize("spec_file", sorted(Path(DEFAULT_SPEC).parent.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_spec_is_valid(spec_file, tmp_path):
+    spec = load_spec(spec_file)
+    assert spec.runs
+    for run in spec.runs:
+        spec.run_config(run, 0, tmp_path)  # builds and validates the run's whole config
