@@ -1,5 +1,5 @@
-"""Command-line interface: `hardmine train | eval | predict | proposals | gallery | compare | data synth |
-weights`."""
+"""Command-line interface: `hardmine train | eval | predict | proposals | mine | gallery | compare |
+data synth | data check | weights`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from hardmine import __version__
-from hardmine.config import SAMPLER_NAMES, Config, describe_options, load_config
+from hardmine.config import SAMPLER_NAMES, Config, MiningConfig, describe_options, load_config
 from hardmine.errors import HardmineError, TrainingInterrupted
 
 TRAIN_EPILOG = """\
@@ -84,6 +84,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from hardmine.engine.evaluate import write_coco_results
     from hardmine.engine.inference import predict_dataset
     from hardmine.engine.trainer import load_split_proposals
+    from hardmine.engine.tta import TestTimeAugmentation
     from hardmine.report.draw import draw_detections
 
     cfg, model, payload, device = _load_trained(args.checkpoint, args.overrides)
@@ -98,7 +99,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise HardmineError(
             "a Fast R-CNN model predicts on a dataset with a proposals file, not on loose images"
         )
-    predictions = predict_dataset(model, index, device, batch_size=cfg.eval.batch_size, proposals=proposals)
+    predictions = predict_dataset(
+        model,
+        index,
+        device,
+        batch_size=cfg.eval.batch_size,
+        proposals=proposals,
+        tta=TestTimeAugmentation.from_config(cfg.eval),
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_path = write_coco_results(out / "results.json", index, predictions)
@@ -162,6 +170,41 @@ def cmd_proposals(args: argparse.Namespace) -> int:
             }
     path = save_proposals(args.out, proposals)
     print(f"proposals for {len(proposals)} images of {index.source} written to {path}")
+    return 0
+
+
+def cmd_mine(args: argparse.Namespace) -> int:
+    from hardmine.data.sources import resolve_split
+    from hardmine.engine.mining import mine_model, write_hard_negatives
+    from hardmine.engine.trainer import load_split_proposals
+
+    if not 0.0 <= args.score_thresh <= 1.0:
+        raise HardmineError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
+    if not 0.0 < args.iou_thresh <= 1.0:
+        raise HardmineError(f"--iou-thresh must be in (0, 1], got {args.iou_thresh}")
+    data, overrides = _split_config_and_overrides(args.items)
+    cfg, model, payload, device = _load_trained(args.checkpoint, overrides)
+    if data:
+        cfg.data.train = data
+    index = resolve_split(cfg.data, "train")
+    _check_categories(payload, index, args.checkpoint)
+    proposals = load_split_proposals(cfg, "train", index)
+    mined = mine_model(
+        model, index, device, args.score_thresh, args.iou_thresh, cfg.eval.batch_size, proposals
+    )
+    path = write_hard_negatives(
+        args.out,
+        index,
+        mined,
+        checkpoint=args.checkpoint,
+        score_thresh=args.score_thresh,
+        iou_thresh=args.iou_thresh,
+    )
+    regions = sum(len(m) for m in mined.values())
+    print(
+        f"{regions} false positives on {len(mined)} of {len(index.records)} images of {index.source} "
+        f"written to {path}"
+    )
     return 0
 
 
@@ -237,6 +280,36 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+DATA_CHECK_EPILOG = """\
+Checks the annotation file(s) (malformed JSON/XML, missing fields, duplicate or unknown ids, boxes
+that are degenerate, non-finite or outside the image, empty datasets), the image files (missing,
+unreadable, corrupt, another size than annotated) and, with --val, that both sets have the same
+categories. Every problem is listed with its file and record, errors before warnings.
+Exit status: 0 without errors (warnings allowed), 1 with errors. Training runs the same check first
+(data.on_invalid=stop|skip, data.check_images=none|header|decode); see docs/fault-handling.md.
+
+examples:
+  hardmine data check coco/annotations/train.json --image-root coco/train2017
+  hardmine data check coco/train.json --val coco/val.json --images header
+  hardmine data check VOCdevkit/VOC2007 --split trainval --val VOCdevkit/VOC2007 --val-split test
+"""
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from hardmine.data.check import check_dataset, check_pair, format_report
+
+    if args.workers < 0:
+        raise HardmineError(f"--workers must be >= 0, got {args.workers}")
+    names = [n.strip() for n in args.class_names.split(",") if n.strip()] if args.class_names else None
+    options = {"image_root": args.image_root, "class_names": names, "images": args.images}
+    checks = [check_dataset(args.path, split=args.split, workers=args.workers, **options)]
+    if args.val:
+        checks.append(check_dataset(args.val, split=args.val_split, workers=args.workers, **options))
+    pair = check_pair(checks[0], checks[1]) if args.val else []
+    print(format_report(checks, pair, args.max_listed))
+    return 1 if any(c.errors for c in checks) or any(p.is_error for p in pair) else 0
+
+
 def cmd_weights(args: argparse.Namespace) -> int:
     from hardmine.weights import install_offline_weights
 
@@ -269,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
         "eval",
         help="evaluate a checkpoint on data.val and write metrics.json",
         description="Evaluate a checkpoint. KEY=VALUE overrides the checkpoint's config "
-        "(e.g. data.val=PATH eval.metric=both).",
+        "(e.g. data.val=PATH eval.metric=both). Multi-scale / flip testing: eval.scales=[256,320,416] "
+        "eval.hflip=true eval.merge=nms|vote; iterative box regression (two-stage): "
+        "roi_head.iterative.rounds=1 (see docs/test-time-and-mining.md).",
     )
     p.add_argument("checkpoint")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
@@ -279,7 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "predict",
         help="write COCO results JSON and PNGs with the boxes drawn",
-        description="Predict on IMAGES, or on data.val when no image is given.",
+        description="Predict on IMAGES, or on data.val when no image is given. KEY=VALUE overrides the "
+        "checkpoint's config, e.g. eval.scales=[256,320,416] eval.hflip=true (multi-scale / flip "
+        "testing) or roi_head.iterative.rounds=1.",
     )
     p.add_argument("checkpoint")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
@@ -296,6 +373,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="proposals file to write (.pt)")
     p.add_argument("--top-n", type=int, default=1000, help="proposals kept per image (best first)")
     p.set_defaults(func=cmd_proposals)
+
+    p = sub.add_parser(
+        "mine",
+        help="write a trained detector's false positives on the training set as a hard-negative file",
+        description="Run CHECKPOINT (single scale, no flip) over DATA (a COCO .json or VOC root; default: "
+        "the checkpoint's data.train) and write every detection scoring >= --score-thresh whose IoU with "
+        "every ground-truth box of its image is < --iou-thresh (and that is not on an ignore region) to "
+        "--out, a JSON hard-negative file (docs/test-time-and-mining.md). Train on it with "
+        "mining.file=FILE, or let hardmine train mine and retrain by itself with mining.rounds=N. "
+        "KEY=VALUE overrides the checkpoint's config (e.g. data.train_proposals=PATH for Fast R-CNN).",
+    )
+    p.add_argument("checkpoint")
+    p.add_argument("items", nargs="*", metavar="[DATA] KEY=VALUE", help="dataset to mine, then overrides")
+    p.add_argument("--out", required=True, metavar="FILE", help="hard-negative file to write (.json)")
+    mining = MiningConfig()
+    p.add_argument(
+        "--score-thresh",
+        type=float,
+        default=mining.score_thresh,
+        help=f"detections scoring at least this (default {mining.score_thresh})",
+    )
+    p.add_argument(
+        "--iou-thresh",
+        type=float,
+        default=mining.iou_thresh,
+        help=f"count as false positives below this IoU with every ground-truth box (default "
+        f"{mining.iou_thresh})",
+    )
+    p.set_defaults(func=cmd_mine)
 
     p = sub.add_parser(
         "gallery",
@@ -368,6 +474,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", type=int, default=300, help="training images")
     p.add_argument("--val", type=int, default=100, help="validation images")
     p.set_defaults(func=cmd_data_synth)
+    p = data.add_parser(
+        "check",
+        help="report every problem of a COCO or VOC dataset with its file and record",
+        description="Check a COCO .json file or a VOC root (and, with --val, a validation set) and list "
+        "every error and warning found.",
+        epilog=DATA_CHECK_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("path", help="COCO annotation file (.json) or VOC root (the folder with Annotations/)")
+    p.add_argument("--val", metavar="PATH", help="validation set: also checked, and compared with PATH")
+    p.add_argument(
+        "--image-root", metavar="DIR", help="COCO: folder file_name is relative to (default: the JSON's)"
+    )
+    p.add_argument("--split", help="VOC: split of PATH (default: trainval)")
+    p.add_argument("--val-split", default="test", help="VOC: split of --val (default: test)")
+    p.add_argument(
+        "--class-names", metavar="A,B,...", help="VOC: class names in label order (default: the 20 VOC ones)"
+    )
+    p.add_argument(
+        "--images",
+        choices=("none", "header", "decode"),
+        default="decode",
+        help="check image files not at all, by header (fast: exists, readable, size), or by decoding "
+        "every pixel (default; also finds truncated and corrupt files)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=0, metavar="N", help="image-reading threads (default: CPUs, at most 8)"
+    )
+    p.add_argument(
+        "--max-listed", type=int, default=100, metavar="N", help="problems listed per dataset (0 = all)"
+    )
+    p.set_defaults(func=cmd_data_check)
 
     weights = sub.add_parser("weights", help="pretrained weights").add_subparsers(
         dest="weights_command", required=True

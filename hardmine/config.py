@@ -9,6 +9,7 @@ against the field's type; an unknown key is an error that lists the valid keys o
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -19,6 +20,7 @@ import yaml
 
 from hardmine.errors import ConfigError
 from hardmine.losses.per_sample import CLS_LOSSES, REG_LOSSES
+from hardmine.models.merge import MERGE_METHODS
 from hardmine.sampling import SAMPLERS
 
 
@@ -38,6 +40,8 @@ ROI_REG_LOSSES = tuple(REG_LOSSES)
 #: The dense head's losses (`hardmine.models.dense_head.CLS_LOSS_NAMES` / `REG_LOSS_NAMES`).
 DENSE_CLS_LOSSES = ("focal", "bce", "ghm")
 DENSE_REG_LOSSES = ("l1", "smooth_l1", "giou", "balanced_l1", "ghm")
+#: Classification-bias initialisations: the head's usual one, or sampling-free's from dataset counts.
+BIAS_INITS = ("default", "dataset")
 
 
 @dataclass
@@ -119,9 +123,35 @@ class RPNConfig:
     post_nms_top_n_test: int = opt(1000, "proposals per image kept after NMS, evaluation")
     nms_thresh: float = opt(0.7, "NMS IoU threshold between proposals")
     smooth_l1_beta: float = opt(1.0 / 9, "beta of the smooth L1 box loss")
+    guided_loss: float = opt(
+        0.0,
+        "sampling-free: rescale the cls loss each step to this multiple of the box loss (no gradient "
+        "through the factor; the box loss is then normalised by the foreground count); 0 = off, paper: 1",
+    )
+    bias_init: str = opt(
+        "default",
+        "classification bias at start: torchvision's (0) or 'dataset' = sampling-free optimal prior "
+        "from the training set's fg/bg counts (cached; see docs/soft-sampling.md)",
+        BIAS_INITS,
+    )
     ohem: OHEMConfig = field(default_factory=OHEMConfig)
     iou_balanced: IoUBalancedConfig = field(default_factory=IoUBalancedConfig)
     hard_negative: HardNegativeConfig = field(default_factory=HardNegativeConfig)
+
+
+@dataclass
+class IterativeRegressionConfig:
+    """Test-time iterative box regression of the RoI head (Gidaris & Komodakis, ICCV 2015), as in the
+    OHEM paper: 1 round, NMS 0.3, box voting at IoU 0.5. See docs/test-time-and-mining.md."""
+
+    rounds: int = opt(
+        0, "test time: rounds re-scoring and re-regressing the head's own boxes; 0 = off (OHEM paper: 1)"
+    )
+    nms_thresh: float = opt(0.3, "per-class NMS IoU merging the detections of all rounds (paper: 0.3)")
+    box_voting: bool = opt(
+        True, "replace each kept box by the score-weighted mean of its class's boxes overlapping it"
+    )
+    voting_iou: float = opt(0.5, "box voting: boxes overlapping a kept box at IoU >= this vote (paper: 0.5)")
 
 
 @dataclass
@@ -141,6 +171,22 @@ class RoIHeadConfig:
     balanced_l1_alpha: float = opt(0.5, "alpha of the balanced L1 box loss (Libra R-CNN: 0.5)")
     balanced_l1_gamma: float = opt(1.5, "gamma of the balanced L1 box loss (Libra R-CNN: 1.5)")
     balanced_l1_beta: float = opt(1.0, "beta of the balanced L1 box loss (Libra Faster R-CNN: 1.0)")
+    guided_loss: float = opt(
+        0.0,
+        "sampling-free: rescale the cls loss each step to this multiple of the box loss (no gradient "
+        "through the factor; the box loss is then normalised by the foreground count); 0 = off, paper: 1",
+    )
+    bias_init: str = opt(
+        "default",
+        "classification bias at start: torchvision's (0) or 'dataset' = sampling-free optimal prior "
+        "from the training set's RoI counts (cached; see docs/soft-sampling.md)",
+        BIAS_INITS,
+    )
+    class_adaptive_thresh: bool = opt(
+        False,
+        "sampling-free: per-class inference thresholds (N_f/N) * (N_j / sum N) from the training set "
+        "instead of score_thresh",
+    )
     representation_size: int = opt(256, "width of the two fully connected layers of the box head")
     roi_output_size: int = opt(7, "RoIAlign output size")
     sampling_ratio: int = opt(2, "RoIAlign sampling ratio")
@@ -154,6 +200,7 @@ class RoIHeadConfig:
     ohem: OHEMConfig = field(default_factory=OHEMConfig)
     iou_balanced: IoUBalancedConfig = field(default_factory=IoUBalancedConfig)
     hard_negative: HardNegativeConfig = field(default_factory=HardNegativeConfig)
+    iterative: IterativeRegressionConfig = field(default_factory=IterativeRegressionConfig)
 
 
 @dataclass
@@ -193,6 +240,22 @@ class DenseHeadConfig:
         "EMA momentum of the foreground-count loss normaliser across iterations; 0 = off (detectron2: 0.9)",
     )
     prior_prob: float = opt(0.01, "initial foreground probability of the classification bias")
+    guided_loss: float = opt(
+        0.0,
+        "sampling-free: rescale the cls loss each step to this multiple of the box loss (no gradient "
+        "through the factor; the box loss is then normalised by the foreground count); 0 = off, paper: 1",
+    )
+    bias_init: str = opt(
+        "default",
+        "classification bias at start: from prior_prob, or 'dataset' = sampling-free optimal prior "
+        "N_f / (N * C) from the training set's anchors (cached; see docs/soft-sampling.md)",
+        BIAS_INITS,
+    )
+    class_adaptive_thresh: bool = opt(
+        False,
+        "sampling-free: per-class inference thresholds (N_f/N) * (N_j / sum N) from the training set "
+        "instead of score_thresh",
+    )
     num_convs: int = opt(4, "conv layers in each head tower")
     head_norm: str = opt(
         "group",
@@ -206,6 +269,11 @@ class DenseHeadConfig:
     ohem: OHEMConfig = field(default_factory=OHEMConfig)
     iou_balanced: IoUBalancedConfig = field(default_factory=IoUBalancedConfig)
     hard_negative: HardNegativeConfig = field(default_factory=HardNegativeConfig)
+
+
+#: `data.on_invalid` policies and `data.check_images` modes (`hardmine.data.check.IMAGE_CHECKS`).
+ON_INVALID = ("stop", "skip")
+IMAGE_CHECKS = ("none", "header", "decode")
 
 
 @dataclass
@@ -225,6 +293,18 @@ class DataConfig:
     batch_size: int = opt(2, "images per training batch")
     num_workers: int = opt(0, "DataLoader worker processes")
     hflip_prob: float = opt(0.5, "probability of a horizontal flip in training")
+    on_invalid: str = opt(
+        "stop",
+        "training checks both splits first (as `hardmine data check`); on errors: stop with the list, "
+        "or skip the invalid images and annotations and print what was dropped",
+        ON_INVALID,
+    )
+    check_images: str = opt(
+        "header",
+        "that check's image files: not at all, by header (exists, readable, annotated size; fast), or "
+        "by decoding all pixels (finds truncated files too)",
+        IMAGE_CHECKS,
+    )
 
 
 @dataclass
@@ -252,6 +332,11 @@ class TrainConfig:
     eval_at_end: bool = opt(True, "evaluate on data.val after training and write metrics.json")
     progress: bool = opt(True, "show a progress bar")
     num_threads: int = opt(0, "torch CPU threads; 0 = torch's default")
+    max_nonfinite_steps: int = opt(
+        5,
+        "a step with a NaN/Inf loss or gradient is skipped; after this many in a row training stops "
+        "(the last checkpoint kept as it was); 0 = never stop",
+    )
 
 
 @dataclass
@@ -261,6 +346,50 @@ class EvalConfig:
         "auto",
         "COCO AP, VOC07 11-point + area AP, or both; auto = COCO, plus VOC for VOC data",
         ("auto", "coco", "voc", "both"),
+    )
+    scales: list[int] = opt(
+        [],
+        "multi-scale testing: shorter image sides to test at (the longer-side cap scales along); "
+        "[] = the model's own size only",
+    )
+    hflip: bool = opt(False, "also test on the mirrored image, at every scale")
+    merge: str = opt(
+        "nms",
+        "how the detections of the scales / flips merge: per-class NMS, or NMS then box voting",
+        MERGE_METHODS,
+    )
+    merge_iou: float = opt(0.5, "IoU of the per-class NMS that merges the scales / flips")
+    vote_iou: float = opt(0.5, "merge=vote: boxes overlapping a kept box at IoU >= this are averaged in")
+    max_detections: int = opt(100, "detections kept per image after merging the scales / flips")
+
+
+MINING_INITS = ("previous", "scratch")
+
+
+@dataclass
+class MiningConfig:
+    """Offline hard-negative mining (bootstrapping); see docs/test-time-and-mining.md."""
+
+    file: str = opt(
+        "",
+        "hard-negative file (hardmine mine): two-stage, its regions join the RoI head's candidates; "
+        "one-stage, background anchors on them are up-weighted; '' = none",
+    )
+    weight: float = opt(2.0, "one-stage: loss-weight factor of background anchors on a mined region")
+    anchor_iou: float = opt(0.5, "one-stage: an anchor is on a mined region at IoU >= this")
+    rounds: int = opt(
+        0, "bootstrapping: after training, mine the training set's false positives and retrain, N times"
+    )
+    init: str = opt(
+        "previous", "rounds >= 1 start from the previous round's weights, or from scratch", MINING_INITS
+    )
+    round_iters: int = opt(0, "training iterations of rounds >= 1; 0 = solver.max_iter")
+    score_thresh: float = opt(0.5, "rounds: a detection scoring at least this ...")
+    iou_thresh: float = opt(0.3, "... with IoU below this to every ground-truth box is a false positive")
+    start_from: str = opt(
+        "",
+        "checkpoint whose model weights training starts from (the rounds set it to the previous "
+        "round's model_final.pt); '' = fresh initialisation",
     )
 
 
@@ -274,6 +403,7 @@ class Config:
     solver: SolverConfig = field(default_factory=SolverConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
     output_dir: str = opt("runs/default", "where checkpoints, logs and metrics go")
 
     def to_dict(self) -> dict[str, Any]:
@@ -496,6 +626,8 @@ def validate(cfg: Config) -> None:
     _require(cfg.model.max_size > 0, "model.max_size", "must be > 0")
     _require(all(r > 0 for r in cfg.model.aspect_ratios), "model.aspect_ratios", "must be > 0")
     _require(cfg.roi_head.score_chunk_size > 0, "roi_head.score_chunk_size", "must be > 0")
+    for name in ("rpn", "roi_head", "dense_head"):
+        _require(getattr(cfg, name).guided_loss >= 0, f"{name}.guided_loss", "must be >= 0 (0 = off)")
     d = cfg.dense_head
     _require(0.0 < d.prior_prob < 1.0, "dense_head.prior_prob", "must be in (0, 1)")
     _require(d.focal_alpha <= 1.0, "dense_head.focal_alpha", "must be in [0, 1], or negative (off)")
@@ -527,8 +659,89 @@ def validate(cfg: Config) -> None:
     _require(cfg.train.checkpoint_period > 0, "train.checkpoint_period", "must be > 0")
     _require(cfg.train.log_period > 0, "train.log_period", "must be > 0")
     _require(cfg.eval.batch_size > 0, "eval.batch_size", "must be > 0")
+    _validate_limits(cfg)
     if cfg.model.arch == "fast_rcnn":
         _require(bool(cfg.data.train_proposals), "data.train_proposals", "Fast R-CNN needs a proposals file")
+    _validate_test_time_and_mining(cfg)
+
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def _validate_limits(cfg: Config) -> None:
+    """Counts, sizes, thresholds and the fault-handling options that `validate` does not cover."""
+    m = cfg.model
+    _require(m.trainable_layers >= 0, "model.trainable_layers", "must be >= 0")
+    _require(m.fpn_channels >= 0, "model.fpn_channels", "must be >= 0 (0 = the backbone's default)")
+    _require(bool(m.aspect_ratios), "model.aspect_ratios", "needs at least one ratio")
+    _require(
+        all(level and all(s > 0 for s in level) for level in m.anchor_sizes),
+        "model.anchor_sizes",
+        "one non-empty list of positive sizes per feature level, or [] for the backbone's default",
+    )
+    r = cfg.rpn
+    for key in ("pre_nms_top_n_train", "pre_nms_top_n_test", "post_nms_top_n_train", "post_nms_top_n_test"):
+        _require(getattr(r, key) > 0, f"rpn.{key}", "must be > 0")
+    _require(0.0 < r.nms_thresh <= 1.0, "rpn.nms_thresh", "must be in (0, 1]")
+    for name in ("rpn", "roi_head", "dense_head"):
+        _require(getattr(cfg, name).smooth_l1_beta >= 0, f"{name}.smooth_l1_beta", "must be >= 0")
+    for name in ("roi_head", "dense_head"):
+        head = getattr(cfg, name)
+        _require(0.0 <= head.score_thresh <= 1.0, f"{name}.score_thresh", "must be in [0, 1]")
+        _require(0.0 < head.nms_thresh <= 1.0, f"{name}.nms_thresh", "must be in (0, 1]")
+        _require(head.detections_per_img > 0, f"{name}.detections_per_img", "must be > 0")
+    h = cfg.roi_head
+    _require(h.representation_size > 0, "roi_head.representation_size", "must be > 0")
+    _require(h.roi_output_size > 0, "roi_head.roi_output_size", "must be > 0")
+    d = cfg.dense_head
+    _require(d.focal_gamma >= 0, "dense_head.focal_gamma", "must be >= 0")
+    _require(d.num_convs >= 0, "dense_head.num_convs", "must be >= 0")
+    _require(d.topk_candidates > 0, "dense_head.topk_candidates", "must be > 0")
+    _require(d.ghmr_loss_weight >= 0, "dense_head.ghmr_loss_weight", "must be >= 0")
+    data = cfg.data
+    _require(data.synth_train > 0, "data.synth_train", "must be > 0")
+    _require(data.synth_val > 0, "data.synth_val", "must be > 0")
+    _require(data.synth_seed >= 0, "data.synth_seed", "must be >= 0")
+    _require(bool(data.synth_dir), "data.synth_dir", "must not be empty")
+    _require(
+        all(data.class_names) and len(set(data.class_names)) == len(data.class_names),
+        "data.class_names",
+        "names must be non-empty and distinct",
+    )
+    s = cfg.solver
+    _require(0.0 <= s.momentum < 1.0, "solver.momentum", "must be in [0, 1)")
+    _require(s.weight_decay >= 0, "solver.weight_decay", "must be >= 0")
+    _require(s.gamma > 0, "solver.gamma", "must be > 0")
+    t = cfg.train
+    _require(t.seed >= 0, "train.seed", "must be >= 0")
+    _require(t.num_threads >= 0, "train.num_threads", "must be >= 0 (0 = torch's default)")
+    _require(t.max_nonfinite_steps >= 0, "train.max_nonfinite_steps", "must be >= 0 (0 = never stop)")
+    _require(
+        DEVICE_PATTERN.fullmatch(t.device) is not None,
+        "train.device",
+        f"must be auto, cpu, cuda or cuda:N, got {t.device!r}",
+    )
+    _require(bool(cfg.output_dir), "output_dir", "must not be empty")
+
+
+def _validate_test_time_and_mining(cfg: Config) -> None:
+    """The `eval` multi-scale options, `roi_head.iterative` and `mining`."""
+    e = cfg.eval
+    _require(all(s > 0 for s in e.scales), "eval.scales", "must be positive sizes")
+    for key in ("merge_iou", "vote_iou"):
+        _require(0.0 < getattr(e, key) <= 1.0, f"eval.{key}", "must be in (0, 1]")
+    _require(e.max_detections > 0, "eval.max_detections", "must be > 0")
+    it = cfg.roi_head.iterative
+    _require(it.rounds >= 0, "roi_head.iterative.rounds", "must be >= 0 (0 = off)")
+    for key in ("nms_thresh", "voting_iou"):
+        _require(0.0 < getattr(it, key) <= 1.0, f"roi_head.iterative.{key}", "must be in (0, 1]")
+    m = cfg.mining
+    _require(m.weight > 0, "mining.weight", "must be > 0 (1 = no up-weighting)")
+    _require(0.0 < m.anchor_iou <= 1.0, "mining.anchor_iou", "must be in (0, 1]")
+    _require(m.rounds >= 0, "mining.rounds", "must be >= 0 (0 = no bootstrapping)")
+    _require(m.round_iters >= 0, "mining.round_iters", "must be >= 0 (0 = solver.max_iter)")
+    _require(0.0 <= m.score_thresh <= 1.0, "mining.score_thresh", "must be in [0, 1]")
+    _require(0.0 < m.iou_thresh <= 1.0, "mining.iou_thresh", "must be in (0, 1]")
 
 
 def describe_options() -> str:

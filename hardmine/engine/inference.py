@@ -14,6 +14,7 @@ from hardmine.config import Config, apply_overrides, config_from_dict
 from hardmine.data.dataset import DetectionDataset, collate_detection
 from hardmine.data.records import DatasetIndex
 from hardmine.engine.checkpoint import load_checkpoint, load_model_state
+from hardmine.engine.tta import TestTimeAugmentation, predict_tta
 from hardmine.models.build import build_model
 
 Predictions = dict[int, dict[str, Tensor]]
@@ -50,10 +51,12 @@ def predict_dataset(
     num_workers: int = 0,
     proposals: dict[int, Tensor] | None = None,
     progress: Iterable | None = None,
+    tta: TestTimeAugmentation | None = None,
 ) -> Predictions:
     """Predictions ("boxes", "scores", "labels" on the CPU, original coordinates) per image id.
 
-    `proposals` (image id -> [P, 4] boxes) feeds a Fast R-CNN model.
+    `proposals` (image id -> [P, 4] boxes) feeds a Fast R-CNN model. With `tta` enabled, every
+    batch runs at each of its scales / flips and the detections are merged (`hardmine.engine.tta`).
     """
     dataset = DetectionDataset(index, train=False)
     loader = DataLoader(
@@ -70,7 +73,13 @@ def predict_dataset(
                 missing = [i for i in ids if i not in proposals]
                 if missing:
                     raise ValueError(f"the proposals file has no entry for image ids {missing[:10]}")
-                results = model(images, proposals=[proposals[i].to(device) for i in ids])
+                image_proposals = [proposals[i].to(device) for i in ids]
+            else:
+                image_proposals = None
+            if tta is not None and tta.enabled:
+                results = predict_tta(model, images, tta, image_proposals)
+            elif image_proposals is not None:
+                results = model(images, proposals=image_proposals)
             else:
                 results = model(images)
             for image_id, result in zip(ids, results):

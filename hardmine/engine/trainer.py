@@ -25,11 +25,21 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from hardmine.config import Config, dump_yaml
+from hardmine.config import Config, dump_yaml, validate
 from hardmine.data.dataset import DetectionDataset, collate_detection
 from hardmine.data.records import DatasetIndex
-from hardmine.data.sources import check_same_categories, resolve_split
-from hardmine.engine.checkpoint import FINAL, LAST, load_checkpoint, load_model_state, save_checkpoint
+from hardmine.data.sources import load_checked_splits
+from hardmine.engine.checkpoint import (
+    FINAL,
+    LAST,
+    atomic_write,
+    load_checkpoint,
+    load_model_state,
+    remove_stale_temporaries,
+    require_keys,
+    save_checkpoint,
+)
+from hardmine.engine.dataset_priors import apply_dataset_priors
 from hardmine.engine.evaluate import (
     PR_CURVE_FILE,
     coco_evaluation,
@@ -37,12 +47,15 @@ from hardmine.engine.evaluate import (
     write_metrics_json,
     write_pr_curve_json,
 )
+from hardmine.engine.faults import BufferSnapshot, NonFiniteSteps, all_finite, guarded_step
 from hardmine.engine.inference import predict_dataset, resolve_device
 from hardmine.engine.logging import MetricLogger
+from hardmine.engine.mining import load_hard_negatives
 from hardmine.engine.proposals import load_proposals
 from hardmine.engine.schedule import build_optimizer, build_scheduler, current_lr
+from hardmine.engine.tta import TestTimeAugmentation
 from hardmine.engine.voc_eval import voc_metrics
-from hardmine.errors import CheckpointError, HardmineError, TrainingInterrupted
+from hardmine.errors import CheckpointError, HardmineError, TrainingDiverged, TrainingInterrupted
 from hardmine.models.build import build_model
 
 
@@ -190,7 +203,8 @@ def evaluate_model(
     proposals: dict[int, Tensor] | None = None,
     pr_curve_path: Path | None = None,
 ) -> dict[str, float]:
-    """COCO (and/or VOC) metrics of `model` on `index` (see `compute_metrics` for `pr_curve_path`)."""
+    """COCO (and/or VOC) metrics of `model` on `index` (see `compute_metrics` for `pr_curve_path`),
+    with the multi-scale / flip testing of `cfg.eval` if it asks for any."""
     predictions = predict_dataset(
         model,
         index,
@@ -198,6 +212,7 @@ def evaluate_model(
         batch_size=cfg.eval.batch_size,
         num_workers=cfg.data.num_workers,
         proposals=proposals,
+        tta=TestTimeAugmentation.from_config(cfg.eval),
     )
     return compute_metrics(cfg, index, predictions, pr_curve_path)
 
@@ -240,40 +255,74 @@ def load_split_proposals(cfg: Config, split: str, index: DatasetIndex) -> dict[i
 
 
 def train(cfg: Config, resume: bool = False) -> TrainResult:
-    """Train as `cfg` says; write checkpoints, logs and (at the end) metrics under `cfg.output_dir`."""
+    """Train as `cfg` says; write checkpoints, logs and (at the end) metrics under `cfg.output_dir`.
+
+    `resume` continues from `checkpoint_last.pt` there (or starts from scratch when there is none
+    yet, e.g. after a SIGKILL before the first checkpoint); docs/fault-handling.md says what else
+    is detected and recovered.
+    """
+    validate(cfg)
+    if cfg.mining.rounds > 0:  # bootstrapping: train, mine, retrain (one subfolder per round)
+        from hardmine.engine.bootstrap import train_rounds
+
+        return train_rounds(cfg, resume)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out, (LAST, FINAL, "config.yaml"))  # left by a SIGKILL mid-write
+    resume_logs = resume
+    if resume and not (out / LAST).is_file():
+        print(f"--resume: no checkpoint in {out} yet; training from the start", file=sys.stderr)
+        resume = False
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     device = resolve_device(cfg.train.device)
 
-    train_index = resolve_split(cfg.data, "train")
-    val_index = resolve_split(cfg.data, "val")
-    check_same_categories(train_index, val_index)
+    train_index, val_index = load_checked_splits(cfg.data)
     train_proposals = load_split_proposals(cfg, "train", train_index)
+    hard_negatives = load_hard_negatives(cfg.mining.file, train_index) if cfg.mining.file else None
 
     model = build_model(cfg, train_index.num_classes).to(device)
+    if not resume:  # sampling-free bias and thresholds; a resumed run has them in its checkpoint
+        apply_dataset_priors(model, cfg, train_index, train_proposals, run_dir=out)
+    if cfg.mining.start_from and not resume:  # e.g. a bootstrapping round: the previous round's weights
+        weights_from = cfg.mining.start_from
+        load_model_state(model, load_checkpoint(weights_from, map_location=device)["model"], weights_from)
     optimizer = build_optimizer(model, cfg.solver)
     scheduler = build_scheduler(optimizer, cfg.solver)
+
+    # fp16 needs loss scaling; its overflow steps are skipped by `guarded_step` (see engine/faults.py)
+    scaler = torch.amp.GradScaler(device.type) if cfg.solver.amp == "fp16" else None
+    last_saved: int | None = None  # iteration of the checkpoint_last.pt on disk, as far as we know
+    faults = NonFiniteSteps(
+        cfg.train.max_nonfinite_steps,
+        report=lambda text: _say(text, progress),
+        stop_message=lambda: _kept_checkpoint(out / LAST, last_saved),
+    )
 
     start = 0
     if resume:
         ckpt_path = out / LAST
-        if not ckpt_path.is_file():
-            raise CheckpointError(f"--resume: no checkpoint at {ckpt_path}")
         ckpt = load_checkpoint(ckpt_path, map_location=device)
-        diff = _config_diff(_resume_relevant(ckpt.get("config", {})), _resume_relevant(cfg.to_dict()))
+        require_keys(ckpt, RESUME_KEYS, ckpt_path)
+        saved_config = _with_defaults(Config().to_dict(), ckpt["config"])
+        diff = _config_diff(_resume_relevant(saved_config), _resume_relevant(cfg.to_dict()))
         if diff:
             raise CheckpointError(f"--resume: {ckpt_path} was written with a different config: {diff}")
         load_model_state(model, ckpt["model"], ckpt_path)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
+        for name, part in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
+            if part is not None and ckpt.get(name):
+                try:
+                    part.load_state_dict(ckpt[name])
+                except (ValueError, KeyError, RuntimeError) as exc:
+                    raise CheckpointError(f"{ckpt_path}: the {name} state does not fit: {exc}") from None
+        faults.load_state_dict(ckpt.get("faults", {}))
         torch.set_rng_state(ckpt["rng"]["torch"].cpu())
         if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), device)
-        start = int(ckpt["iteration"])
-    (out / "config.yaml").write_text(dump_yaml(cfg))
+        start = last_saved = int(ckpt["iteration"])
+    with atomic_write(out / "config.yaml") as fh:
+        fh.write(dump_yaml(cfg).encode())
 
     dataset = DetectionDataset(
         train_index,
@@ -281,6 +330,7 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
         hflip_prob=cfg.data.hflip_prob,
         seed=cfg.train.seed,
         proposals=train_proposals,
+        hard_negatives=hard_negatives,
     )
     batches = IterationBatchSampler(
         len(dataset), cfg.data.batch_size, cfg.train.seed, start, cfg.solver.max_iter
@@ -295,10 +345,18 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
         # checkpoint restores (else a resumed run would sample differently).
         generator=torch.Generator().manual_seed(cfg.train.seed),
     )
-    logger = MetricLogger(out, resume_from=start if resume else None)
+    logger = MetricLogger(out, resume_from=start if resume_logs else None)
     categories = [{"id": c.id, "name": c.name, "label": c.label} for c in train_index.categories]
 
     def checkpoint(iteration: int, path: Path) -> None:
+        nonlocal last_saved
+        state = model.state_dict()
+        if not all_finite(state.values()):  # never replace a good checkpoint by a broken one
+            close_outputs()
+            raise TrainingDiverged(
+                f"iteration {iteration}: the model holds non-finite weights; {path} not written. "
+                + _kept_checkpoint(out / LAST, last_saved)
+            )
         rng: dict[str, Tensor] = {"torch": torch.get_rng_state()}
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(device)
@@ -306,14 +364,18 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
             path,
             {
                 "iteration": iteration,
-                "model": model.state_dict(),
+                "model": state,
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else {},
+                "faults": faults.state_dict(),
                 "rng": rng,
                 "config": cfg.to_dict(),
                 "categories": categories,
             },
         )
+        if path.name == LAST:
+            last_saved = iteration
 
     progress = None
     if cfg.train.progress:
@@ -327,36 +389,36 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
             dynamic_ncols=True,
             file=sys.stderr,
         )
+
+    def close_outputs() -> None:
+        if progress is not None:
+            progress.close()
+        logger.close()
+
     model.train()
-    skipped = 0
     iteration = start
     t_start = time.perf_counter()
     with StopRequest() as stop:
         for images, targets in loader:
             images = [img.to(device, non_blocking=True) for img in images]
             targets = _to_device(targets, device)
+            buffers = BufferSnapshot(model)  # a skipped step must not keep what its forward wrote
             with _autocast(cfg.solver.amp, device):
                 loss_dict = model(images, targets)
-            loss = sum(loss_dict.values())
-            if not torch.isfinite(loss):
-                skipped += 1
-                ids = [int(t["image_id"]) for t in targets]
-                print(
-                    f"iteration {iteration}: non-finite loss {float(loss)}, step skipped (images {ids})",
-                    file=sys.stderr,
-                )
-                optimizer.zero_grad(set_to_none=True)
-            else:
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.solver.clip_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.solver.clip_grad_norm)
-                optimizer.step()
+            loss = sum(loss_dict.values()).detach()
+            outcome = guarded_step(model, optimizer, loss_dict, cfg.solver.clip_grad_norm, scaler)
+            if not outcome.ok:
+                buffers.restore()
             lr = current_lr(optimizer)
             scheduler.step()
             iteration += 1
+            try:
+                faults.update(iteration, outcome, [int(t["image_id"]) for t in targets])
+            except TrainingDiverged:
+                close_outputs()
+                raise
             if iteration % cfg.train.log_period == 0 or iteration == cfg.solver.max_iter:
-                scalars = {"loss": float(loss.detach()), "lr": lr}
+                scalars = {"loss": float(loss), "lr": lr, "skipped_steps": float(faults.skipped)}
                 scalars.update({k: float(v.detach()) for k, v in loss_dict.items()})
                 scalars.update(head_diagnostics(model))
                 scalars["time_per_iter"] = (time.perf_counter() - t_start) / max(iteration - start, 1)
@@ -388,7 +450,7 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
         seconds_per_iter=elapsed / done,
         images_per_second=done * cfg.data.batch_size / max(elapsed, 1e-9),
         peak_memory_mb=peak_memory_mb(device),
-        skipped_steps=skipped,
+        skipped_steps=faults.skipped,
         metrics=None,
     )
     if cfg.train.eval_at_end:
@@ -406,14 +468,51 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
                 "images_per_second": result.images_per_second,
                 "peak_memory_mb": result.peak_memory_mb,
                 "device": str(device),
-                "skipped_steps": skipped,
+                "skipped_steps": faults.skipped,
             },
         )
     return result
 
 
 #: Keys that may change between a run and its resumption (they do not change the result).
-RESUME_FREE_KEYS = {("train", "progress"), ("train", "num_threads"), ("data", "num_workers"), ("output_dir",)}
+RESUME_FREE_KEYS = {
+    ("train", "progress"),
+    ("train", "num_threads"),
+    ("train", "max_nonfinite_steps"),
+    ("data", "num_workers"),
+    ("output_dir",),
+}
+#: What a checkpoint needs to resume training from it.
+RESUME_KEYS = ("iteration", "model", "optimizer", "scheduler", "rng", "config")
+
+
+def _with_defaults(defaults: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
+    """`saved` (a checkpoint's config) completed with `defaults` for keys added since it was written."""
+    out = dict(defaults)
+    for key, value in saved.items():
+        base = defaults.get(key)
+        both_sections = isinstance(base, dict) and isinstance(value, dict)
+        out[key] = _with_defaults(base, value) if both_sections else value
+    return out
+
+
+def _say(text: str, progress: Any | None) -> None:
+    """A line on stderr, above the progress bar when there is one."""
+    if progress is not None:
+        progress.write(text, file=sys.stderr)
+    else:
+        print(text, file=sys.stderr)
+
+
+def _kept_checkpoint(path: Path, iteration: int | None) -> str:
+    """What a stopped run leaves to resume from."""
+    if iteration is None and not path.is_file():
+        return "No checkpoint had been written yet."
+    at = f" (iteration {iteration})" if iteration is not None else ""
+    return (
+        f"The last checkpoint, {path}{at}, is kept as it was; fix the cause (data, solver.lr, "
+        "solver.warmup_iters, solver.clip_grad_norm) and train again, or `--resume` it"
+    )
 
 
 def _resume_relevant(config: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from torchvision.ops import MultiScaleRoIAlign
 from hardmine.config import Config, DenseHeadConfig, RoIHeadConfig, RPNConfig
 from hardmine.models.backbones import build_backbone
 from hardmine.models.dense_head import DenseHead
+from hardmine.models.hard_negatives import HardNegativeUpweight
+from hardmine.models.iterative import IterativeRegression
 from hardmine.models.retinanet import RetinaNet
 from hardmine.models.roi_head import RoIHead
 from hardmine.models.rpn import RPN
@@ -62,6 +64,22 @@ def _anchor_generator(cfg: Config, backbone: nn.Module) -> AnchorGenerator:
     return AnchorGenerator(sizes, ratios)
 
 
+def _iterative_regression(cfg: Config) -> IterativeRegression | None:
+    """The RoI head's test-time iterative box regression; None when `roi_head.iterative.rounds` is 0."""
+    it = cfg.roi_head.iterative
+    if it.rounds == 0:
+        return None
+    return IterativeRegression(
+        rounds=it.rounds, nms_thresh=it.nms_thresh, box_voting=it.box_voting, voting_iou=it.voting_iou
+    )
+
+
+def _hard_negative_upweight(cfg: Config) -> HardNegativeUpweight:
+    """How the dense head weights background anchors on mined regions (inactive without a mined file:
+    the targets then carry no regions)."""
+    return HardNegativeUpweight(iou=cfg.mining.anchor_iou, weight=cfg.mining.weight)
+
+
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
     """A detector for `num_classes` object classes (labels 1..C) as the config describes."""
     backbone = build_backbone(
@@ -95,8 +113,11 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
             ghmr_loss_weight=d.ghmr_loss_weight,
             normalizer_momentum=d.normalizer_momentum,
             prior_prob=d.prior_prob,
+            guided_loss=d.guided_loss,
+            class_adaptive_thresh=d.class_adaptive_thresh,
             num_convs=d.num_convs,
             head_norm=d.head_norm,
+            hard_negatives=_hard_negative_upweight(cfg),
         )
         return RetinaNet(
             backbone,
@@ -128,6 +149,9 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
         score_thresh=r.score_thresh,
         nms_thresh=r.nms_thresh,
         detections_per_img=r.detections_per_img,
+        guided_loss=r.guided_loss,
+        class_adaptive_thresh=r.class_adaptive_thresh,
+        iterative=_iterative_regression(cfg),
     )
     rpn = None
     if cfg.model.arch == "faster_rcnn":
@@ -140,5 +164,6 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
             post_nms_top_n={"training": p.post_nms_top_n_train, "testing": p.post_nms_top_n_test},
             nms_thresh=p.nms_thresh,
             smooth_l1_beta=p.smooth_l1_beta,
+            guided_loss=p.guided_loss,
         )
     return TwoStageDetector(transform, backbone, rpn, roi_head)

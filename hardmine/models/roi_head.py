@@ -3,7 +3,8 @@
 Built from torchvision's blocks (`MultiScaleRoIAlign`, `TwoMLPHead`, `FastRCNNPredictor`,
 `BoxCoder`, `batched_nms`). Training, per batch:
 
-1. candidates = proposals + ground-truth boxes, matched to the ground truth (`match_boxes`);
+1. candidates = proposals + ground-truth boxes (+ mined hard negatives, `hardmine.models.hard_negatives`),
+   matched to the ground truth (`match_boxes`);
 2. the sampler picks which candidates train the head; loss-ranking samplers get a scoring
    callable that runs the head over all candidates under `torch.no_grad()`;
 3. only the picked candidates go through RoIAlign and the box head with autograd.
@@ -12,6 +13,13 @@ Losses: per-sample classification (`CLS_LOSSES`: cross-entropy, or softmax focal
 `focal_gamma`) and class-specific box regression (`REG_LOSSES`: smooth L1, L1 or balanced L1 with
 `balanced_l1_alpha/gamma/beta`; foreground only), each summed with the per-sample weights and
 divided by the number of sampled candidates (torchvision's normalisation).
+
+Sampling-free training (`docs/soft-sampling.md`, usually with `sampler=none`): `guided_loss` > 0
+divides the box loss by the number of foreground samples instead (the authors' code) and rescales
+the classification loss each step to `guided_loss` times the box loss's value; `apply_priors` sets
+the softmax bias so the initial class probabilities are the training set's (background
+1 - N_f / N, each class N_f / (N * C)) and, with `class_adaptive_thresh`, the per-class score
+thresholds (`class_score_thresh`, a buffer) that replace `score_thresh` at inference.
 """
 
 from __future__ import annotations
@@ -24,13 +32,22 @@ from torch import Tensor, nn
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import MultiScaleRoIAlign, batched_nms, clip_boxes_to_image, remove_small_boxes
 
+from hardmine.losses.guided import guided_loss_scale
 from hardmine.losses.per_sample import CLS_LOSSES, REG_LOSSES
+from hardmine.models.hard_negatives import append_hard_negatives
+from hardmine.models.iterative import IterativeRegression
 from hardmine.models.matching import (
     Match,
     candidates_from_matches,
     match_boxes,
     matched_boxes,
     sample_weights,
+)
+from hardmine.models.priors import (
+    AssignmentCounts,
+    score_thresholds,
+    softmax_prior_bias,
+    store_class_thresholds,
 )
 from hardmine.models.stats import sampling_stats
 from hardmine.sampling.base import CandidateLosses, Sampler
@@ -58,6 +75,9 @@ class RoIHead(nn.Module):
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
         score_chunk_size: int = 256,
+        guided_loss: float = 0.0,
+        class_adaptive_thresh: bool = False,
+        iterative: IterativeRegression | None = None,
     ) -> None:
         super().__init__()
         if cls_loss not in CLS_LOSSES:
@@ -85,7 +105,41 @@ class RoIHead(nn.Module):
         if score_chunk_size <= 0:
             raise ValueError(f"score_chunk_size must be > 0, got {score_chunk_size}")
         self.score_chunk_size = score_chunk_size
+        if guided_loss < 0:
+            raise ValueError(f"guided_loss must be >= 0 (0 = off), got {guided_loss}")
+        self.guided_loss = guided_loss
+        # Class-adaptive score thresholds (NaN until `apply_priors`); a buffer, so checkpoints carry it.
+        self.class_score_thresh: Tensor | None
+        num_classes = box_predictor.cls_score.out_features - 1 if class_adaptive_thresh else 0
+        thresholds = torch.full((num_classes,), float("nan")) if class_adaptive_thresh else None
+        self.register_buffer("class_score_thresh", thresholds)
+        #: test-time iterative box regression (None or 0 rounds: the usual single pass)
+        self.iterative = iterative
         self.last_stats: dict[str, Tensor] = {}
+
+    @torch.no_grad()
+    def apply_priors(self, counts: AssignmentCounts, bias: bool, thresholds: bool) -> dict[str, object]:
+        """Sampling-free initialisation from the training set's counts; returns the values set."""
+        applied: dict[str, object] = {}
+        if bias:
+            cls_score = self.box_predictor.cls_score
+            values = softmax_prior_bias(counts, cls_score.out_features - 1)
+            cls_score.bias.copy_(values)
+            applied["bias"] = values.tolist()
+        if thresholds:
+            applied["class_score_thresh"] = store_class_thresholds(self.class_score_thresh, counts)
+        return applied
+
+    def _weighted_losses(
+        self, cls: Tensor, reg: Tensor, labels: Tensor, weights: Tensor, num_sampled: int
+    ) -> dict[str, Tensor]:
+        """The head's two losses from per-sample ones (see the module docstring)."""
+        cls_loss = (cls * weights).sum() / num_sampled
+        box_norm = max(int((labels > 0).sum()), 1) if self.guided_loss > 0 else num_sampled
+        box_loss = (reg * weights).sum() / box_norm
+        if self.guided_loss > 0:
+            cls_loss = guided_loss_scale(cls_loss, box_loss, self.guided_loss)
+        return {"loss_roi_cls": cls_loss, "loss_roi_box": box_loss}
 
     def predict(
         self, features: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
@@ -126,6 +180,8 @@ class RoIHead(nn.Module):
             if targets is None:
                 raise ValueError("the RoI head needs targets in training mode")
             return [], self._losses(features, proposals, image_shapes, targets)
+        if self.iterative is not None and self.iterative.rounds > 0:
+            return self.iterative(self, features, proposals, image_shapes), {}
         logits, deltas = self.predict(features, proposals, image_shapes)
         return self._postprocess(logits, deltas, proposals, image_shapes), {}
 
@@ -156,6 +212,7 @@ class RoIHead(nn.Module):
     ) -> dict[str, Tensor]:
         if self.add_gt_as_proposals:
             proposals = [torch.cat([p, t["boxes"].to(p.dtype)]) for p, t in zip(proposals, targets)]
+        proposals = append_hard_negatives(proposals, targets)  # mined regions (offline bootstrapping)
         matches = [
             match_boxes(p, t["boxes"], t["labels"], t.get("ignore_boxes")) for p, t in zip(proposals, targets)
         ]
@@ -201,10 +258,7 @@ class RoIHead(nn.Module):
             cls, reg = self._per_sample_losses(full_logits, full_deltas, labels, full_targets)
             num_sampled = max(idx.numel(), 1)
             self.last_stats = sampling_stats(cls[idx], labels[idx], num_candidates=num_candidates)
-            return {
-                "loss_roi_cls": (cls * mask).sum() / num_sampled,
-                "loss_roi_box": (reg * mask).sum() / num_sampled,
-            }
+            return self._weighted_losses(cls, reg, labels * (mask > 0), mask, num_sampled)
         boxes = [p[r.indices] for p, r in zip(proposals, results)]
         labels = torch.cat([r.labels for r in results])
         reg_targets = torch.cat(
@@ -217,15 +271,15 @@ class RoIHead(nn.Module):
         cls, reg = self._per_sample_losses(logits, deltas, labels, reg_targets)
         num_sampled = max(labels.numel(), 1)
         self.last_stats = sampling_stats(cls, labels, num_candidates=num_candidates)
-        return {
-            "loss_roi_cls": (cls * weights).sum() / num_sampled,
-            "loss_roi_box": (reg * weights).sum() / num_sampled,
-        }
+        return self._weighted_losses(cls, reg, labels, weights, num_sampled)
 
     def _postprocess(
         self, logits: Tensor, deltas: Tensor, proposals: list[Tensor], image_shapes: list[tuple[int, int]]
     ) -> list[dict[str, Tensor]]:
         num_classes = logits.shape[-1]
+        thresh = score_thresholds(
+            self.class_score_thresh, self.score_thresh, "roi_head.class_adaptive_thresh"
+        )
         boxes_all = self.box_coder.decode(deltas, proposals).split([p.shape[0] for p in proposals])
         scores_all = F.softmax(logits.float(), -1).split([p.shape[0] for p in proposals])
         out = []
@@ -234,8 +288,8 @@ class RoIHead(nn.Module):
             labels = (
                 torch.arange(1, num_classes, device=scores.device).expand(scores.shape[0], -1).reshape(-1)
             )
+            keep = torch.nonzero((scores[:, 1:] > thresh).reshape(-1)).flatten()
             scores = scores[:, 1:].reshape(-1)
-            keep = torch.nonzero(scores > self.score_thresh).flatten()
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
             keep = remove_small_boxes(boxes, min_size=1e-2)
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]

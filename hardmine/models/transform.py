@@ -1,9 +1,10 @@
 """Resize, normalise and batch images; torchvision's transform, extended to hardmine's targets.
 
 torchvision's `GeneralizedRCNNTransform` rescales `boxes` only. hardmine targets also carry
-`ignore_boxes` (VOC difficult / COCO crowd regions) and, for Fast R-CNN, `proposals`; they are
-rescaled with the same factors. Predictions are mapped back to the original image size by
-`postprocess`, so everything outside the model works in original pixel coordinates.
+`ignore_boxes` (VOC difficult / COCO crowd regions), for Fast R-CNN `proposals` and, when
+training on a mined file, `hard_negatives`; they are rescaled with the same factors. Predictions
+are mapped back to the original image size by `postprocess`, so everything outside the model
+works in original pixel coordinates.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ from torch import Tensor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 #: Box-valued target keys rescaled together with `boxes`.
-EXTRA_BOX_KEYS = ("ignore_boxes", "proposals")
+EXTRA_BOX_KEYS = ("ignore_boxes", "proposals", "hard_negatives")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class DetectionTransform(GeneralizedRCNNTransform):
-    """`GeneralizedRCNNTransform` that also rescales `ignore_boxes` and `proposals`."""
+    """`GeneralizedRCNNTransform` that also rescales the box entries of `EXTRA_BOX_KEYS`."""
 
     def __init__(
         self,
