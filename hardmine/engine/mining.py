@@ -262,7 +262,7 @@ def read_hard_negatives(path: str | Path, index: DatasetIndex) -> dict[int, Mine
         category_ids = entry.get("category_ids", [])
         if not isinstance(category_ids, list) or len(category_ids) not in (0, n):
             raise DataError(f"{where}: 'category_ids' must be a list of {n} category ids (or absent)")
-        unknown = [c for c in category_ids if c not in id_to_label]
+        unknown = [c for c in category_ids if not isinstance(c, int) or c not in id_to_label]
         if unknown:
             raise DataError(f"{where}: category ids {unknown} are not categories of {index.source}")
         size = torch.tensor([record.width, record.height, record.width, record.height], dtype=torch.float32)

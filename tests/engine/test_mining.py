@@ -158,6 +158,7 @@ BAD_FILES = {
     ),
     "scores length": (json.dumps(_entry(scores=[0.9, 0.8])), "images[0]: 'scores' must be a list of 1"),
     "unknown category": (json.dumps(_entry(category_ids=[3])), "images[0]: category ids [3] are not"),
+    "category not an id": (json.dumps(_entry(category_ids=[[7]])), "images[0]: category ids [[7]] are not"),
     "listed twice": (
         json.dumps(_payload(images=[_entry()["images"][0], {"file_name": "a.png", "boxes": []}])),
         "images[1]: image id 10 is listed twice",
