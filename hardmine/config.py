@@ -32,6 +32,24 @@ def opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
     return field(default=default, metadata=meta)
 
 
+def guided_loss_opt() -> Any:
+    """The `guided_loss` option shared by the three heads (sampling-free training)."""
+    return opt(
+        0.0,
+        "sampling-free: rescale the cls loss each step to this multiple of the box loss (no gradient "
+        "through the factor; the box loss is then normalised by the foreground count); 0 = off, paper: 1",
+    )
+
+
+def class_adaptive_thresh_opt() -> Any:
+    """The `class_adaptive_thresh` option of the heads with class scores (sampling-free training)."""
+    return opt(
+        False,
+        "sampling-free: per-class inference thresholds (N_f/N) * (N_j / sum N) from the training set "
+        "instead of score_thresh",
+    )
+
+
 ARCHS = ("faster_rcnn", "fast_rcnn", "retinanet")
 BACKBONE_NAMES = ("tiny", "mobilenet_v2_fpn", "mobilenet_v3_fpn", "resnet18_fpn", "resnet50_fpn")
 SAMPLER_NAMES = tuple(SAMPLERS)
@@ -123,11 +141,7 @@ class RPNConfig:
     post_nms_top_n_test: int = opt(1000, "proposals per image kept after NMS, evaluation")
     nms_thresh: float = opt(0.7, "NMS IoU threshold between proposals")
     smooth_l1_beta: float = opt(1.0 / 9, "beta of the smooth L1 box loss")
-    guided_loss: float = opt(
-        0.0,
-        "sampling-free: rescale the cls loss each step to this multiple of the box loss (no gradient "
-        "through the factor; the box loss is then normalised by the foreground count); 0 = off, paper: 1",
-    )
+    guided_loss: float = guided_loss_opt()
     bias_init: str = opt(
         "default",
         "classification bias at start: torchvision's (0) or 'dataset' = sampling-free optimal prior "
@@ -171,22 +185,14 @@ class RoIHeadConfig:
     balanced_l1_alpha: float = opt(0.5, "alpha of the balanced L1 box loss (Libra R-CNN: 0.5)")
     balanced_l1_gamma: float = opt(1.5, "gamma of the balanced L1 box loss (Libra R-CNN: 1.5)")
     balanced_l1_beta: float = opt(1.0, "beta of the balanced L1 box loss (Libra Faster R-CNN: 1.0)")
-    guided_loss: float = opt(
-        0.0,
-        "sampling-free: rescale the cls loss each step to this multiple of the box loss (no gradient "
-        "through the factor; the box loss is then normalised by the foreground count); 0 = off, paper: 1",
-    )
+    guided_loss: float = guided_loss_opt()
     bias_init: str = opt(
         "default",
         "classification bias at start: torchvision's (0) or 'dataset' = sampling-free optimal prior "
         "from the training set's RoI counts (cached; see docs/soft-sampling.md)",
         BIAS_INITS,
     )
-    class_adaptive_thresh: bool = opt(
-        False,
-        "sampling-free: per-class inference thresholds (N_f/N) * (N_j / sum N) from the training set "
-        "instead of score_thresh",
-    )
+    class_adaptive_thresh: bool = class_adaptive_thresh_opt()
     representation_size: int = opt(256, "width of the two fully connected layers of the box head")
     roi_output_size: int = opt(7, "RoIAlign output size")
     sampling_ratio: int = opt(2, "RoIAlign sampling ratio")
@@ -240,22 +246,14 @@ class DenseHeadConfig:
         "EMA momentum of the foreground-count loss normaliser across iterations; 0 = off (detectron2: 0.9)",
     )
     prior_prob: float = opt(0.01, "initial foreground probability of the classification bias")
-    guided_loss: float = opt(
-        0.0,
-        "sampling-free: rescale the cls loss each step to this multiple of the box loss (no gradient "
-        "through the factor; the box loss is then normalised by the foreground count); 0 = off, paper: 1",
-    )
+    guided_loss: float = guided_loss_opt()
     bias_init: str = opt(
         "default",
         "classification bias at start: from prior_prob, or 'dataset' = sampling-free optimal prior "
         "N_f / (N * C) from the training set's anchors (cached; see docs/soft-sampling.md)",
         BIAS_INITS,
     )
-    class_adaptive_thresh: bool = opt(
-        False,
-        "sampling-free: per-class inference thresholds (N_f/N) * (N_j / sum N) from the training set "
-        "instead of score_thresh",
-    )
+    class_adaptive_thresh: bool = class_adaptive_thresh_opt()
     num_convs: int = opt(4, "conv layers in each head tower")
     head_norm: str = opt(
         "group",
