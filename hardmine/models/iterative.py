@@ -23,6 +23,7 @@ from torch import Tensor
 from torchvision.ops import clip_boxes_to_image, remove_small_boxes
 
 from hardmine.models.merge import merge_detections
+from hardmine.models.priors import score_thresholds
 
 if TYPE_CHECKING:
     from hardmine.models.roi_head import RoIHead
@@ -50,8 +51,8 @@ def first_round(
     proposals: list[Tensor],
     image_shapes: list[tuple[int, int]],
 ) -> list[ClassBoxes]:
-    """The head's usual detections before NMS: every (proposal, class) pair scoring above
-    `score_thresh`, with the proposal regressed by that class's deltas and clipped to the image."""
+    """The head's detections before NMS (also its `_postprocess`): every (proposal, class) pair
+    scoring above the head's threshold, the proposal regressed by that class's deltas and clipped."""
     num_classes = logits.shape[-1]
     sizes = [p.shape[0] for p in proposals]
     boxes_all = head.box_coder.decode(deltas, proposals).split(sizes)
@@ -88,8 +89,11 @@ def refine_round(
 def _above_threshold(head: RoIHead, d: ClassBoxes) -> ClassBoxes:
     """The boxes scoring above the head's threshold (its per-class thresholds where it has them)
     and not degenerate."""
-    per_class = getattr(head, "class_score_thresh", None)
-    thresh = per_class[d.labels - 1] if per_class is not None else head.score_thresh
+    thresh = score_thresholds(
+        getattr(head, "class_score_thresh", None), head.score_thresh, "roi_head.class_adaptive_thresh"
+    )
+    if isinstance(thresh, Tensor):
+        thresh = thresh[d.labels - 1]
     d = d.keep(torch.nonzero(d.scores > thresh).flatten())
     return d.keep(remove_small_boxes(d.boxes, min_size=MIN_BOX_SIZE))
 

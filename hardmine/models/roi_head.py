@@ -27,15 +27,14 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection._utils import BoxCoder
-from torchvision.ops import MultiScaleRoIAlign, batched_nms, clip_boxes_to_image, remove_small_boxes
+from torchvision.ops import MultiScaleRoIAlign, batched_nms
 
 from hardmine.losses.guided import guided_loss_scale
 from hardmine.losses.per_sample import CLS_LOSSES, REG_LOSSES
 from hardmine.models.hard_negatives import append_hard_negatives
-from hardmine.models.iterative import IterativeRegression
+from hardmine.models.iterative import IterativeRegression, first_round
 from hardmine.models.matching import (
     Match,
     candidates_from_matches,
@@ -45,7 +44,6 @@ from hardmine.models.matching import (
 )
 from hardmine.models.priors import (
     AssignmentCounts,
-    score_thresholds,
     softmax_prior_bias,
     store_class_thresholds,
 )
@@ -276,23 +274,9 @@ class RoIHead(nn.Module):
     def _postprocess(
         self, logits: Tensor, deltas: Tensor, proposals: list[Tensor], image_shapes: list[tuple[int, int]]
     ) -> list[dict[str, Tensor]]:
-        num_classes = logits.shape[-1]
-        thresh = score_thresholds(
-            self.class_score_thresh, self.score_thresh, "roi_head.class_adaptive_thresh"
-        )
-        boxes_all = self.box_coder.decode(deltas, proposals).split([p.shape[0] for p in proposals])
-        scores_all = F.softmax(logits.float(), -1).split([p.shape[0] for p in proposals])
+        """Class-specific boxes above the threshold(s), per-class NMS, the best `detections_per_img`."""
         out = []
-        for boxes, scores, shape in zip(boxes_all, scores_all, image_shapes):
-            boxes = clip_boxes_to_image(boxes, shape)[:, 1:].reshape(-1, 4)
-            labels = (
-                torch.arange(1, num_classes, device=scores.device).expand(scores.shape[0], -1).reshape(-1)
-            )
-            keep = torch.nonzero((scores[:, 1:] > thresh).reshape(-1)).flatten()
-            scores = scores[:, 1:].reshape(-1)
-            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            keep = remove_small_boxes(boxes, min_size=1e-2)
-            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
-            out.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+        for d in first_round(self, logits, deltas, proposals, image_shapes):
+            keep = batched_nms(d.boxes, d.scores, d.labels, self.nms_thresh)[: self.detections_per_img]
+            out.append({"boxes": d.boxes[keep], "scores": d.scores[keep], "labels": d.labels[keep]})
         return out
