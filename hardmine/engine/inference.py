@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from hardmine.config import Config, apply_overrides, config_from_dict
 from hardmine.data.dataset import DetectionDataset, collate_detection
 from hardmine.data.records import DatasetIndex
-from hardmine.engine.checkpoint import load_checkpoint, load_model_state
+from hardmine.engine.checkpoint import load_checkpoint, load_model_state, require_keys
 from hardmine.engine.tta import TestTimeAugmentation, predict_tta
 from hardmine.models.build import build_model
 
@@ -33,6 +33,7 @@ def load_trained(
     """A trained model in eval mode on its device, from a checkpoint: (the checkpoint's config with
     `overrides` applied, the model, the checkpoint payload, the device)."""
     payload = load_checkpoint(checkpoint)
+    require_keys(payload, ("model", "config", "categories"), checkpoint)
     cfg = config_from_dict(payload["config"])
     apply_overrides(cfg, overrides or [])
     device = resolve_device(cfg.train.device)

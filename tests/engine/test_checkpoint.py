@@ -128,3 +128,11 @@ def test_a_failed_write_is_a_clear_error_and_keeps_the_old_checkpoint(tmp_path, 
         save_checkpoint(target, {"iteration": 2})
     monkeypatch.undo()
     assert load_checkpoint(target)["iteration"] == 1 and [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_loading_a_checkpoint_without_config_for_inference_names_what_is_missing(tmp_path):
+    from hardmine.engine.inference import load_trained
+
+    path = save_checkpoint(tmp_path / "weights_only.pt", {"model": {}})
+    with pytest.raises(CheckpointError, match=r"weights_only.pt: the checkpoint lacks config, categories"):
+        load_trained(path)
