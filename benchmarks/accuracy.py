@@ -32,7 +32,18 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 #: Multi-scale testing of the test-time rows: shorter sides around the presets' 320.
 TEST_SCALES = "eval.scales=[256,320,416]"
 
+#: The training tricks' overrides (the paper's values where it gives them): mixup Beta(1.5, 1.5)
+#: on every image, off for the last epoch (of 4 at 600 iterations); smoothing 0.1; sizes 256-384
+#: around the test size 320 (the last entry), a new one every 10 iterations; v2 augmentation.
+TRICKS: dict[str, list[str]] = {
+    "mixup": ["data.mixup_prob=1.0", "data.mixup_alpha=1.5", "data.mixup_off_last_epochs=1"],
+    "label smoothing": ["roi_head.label_smoothing=0.1"],
+    "random shapes": ["model.min_size=[256,288,352,384,320]", "model.size_period=10"],
+    "augmentation": ["data.augment=[hflip,color_jitter,scale_jitter,iou_crop]"],
+}
+
 #: Row name -> (preset, overrides). Every row trains on the same data with the same budget.
+#: Overrides may name the budget: {iters}, {two_thirds} and {eight_ninths} of it (step schedules).
 ROWS: dict[str, tuple[str, list[str]]] = {
     "faster_rcnn_tiny random (default)": ("faster_rcnn_tiny.yaml", []),
     "faster_rcnn_tiny random B=64": ("faster_rcnn_tiny.yaml", ["roi_head.batch_size_per_image=64"]),
@@ -81,6 +92,17 @@ ROWS: dict[str, tuple[str, list[str]]] = {
         ["mining.rounds=1", "mining.score_thresh=1.0"],
     ),
     "faster_rcnn_tiny ohem, bootstrap 1 round": ("faster_rcnn_ohem.yaml", ["mining.rounds=1"]),
+    # Training tricks (docs/training-tricks.md), each alone on top of the default recipe (warmup +
+    # cosine), then all together; the step row is the schedule the paper compares cosine with.
+    "faster_rcnn_tiny step decay, no warmup": (
+        "faster_rcnn_tiny.yaml",
+        ["solver.schedule=step", "solver.warmup_iters=0", "solver.steps=[{two_thirds},{eight_ninths}]"],
+    ),
+    "faster_rcnn_tiny + mixup": ("faster_rcnn_tiny.yaml", TRICKS["mixup"]),
+    "faster_rcnn_tiny + label smoothing": ("faster_rcnn_tiny.yaml", TRICKS["label smoothing"]),
+    "faster_rcnn_tiny + random shapes": ("faster_rcnn_tiny.yaml", TRICKS["random shapes"]),
+    "faster_rcnn_tiny + augmentation": ("faster_rcnn_tiny.yaml", TRICKS["augmentation"]),
+    "faster_rcnn_tiny + all tricks": ("faster_rcnn_freebies.yaml", []),  # = every TRICKS override
 }
 
 #: Config entries that change only inference; a row differing only there reuses trained models.
@@ -115,17 +137,18 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Path) -> tuple[dict[str, float]
 
 def run_row(name: str, seeds: list[int], iters: int, out: Path, extra: list[str]) -> dict:
     preset, overrides = ROWS[name]
+    budget = {"iters": iters, "two_thirds": 2 * iters // 3, "eight_ninths": 8 * iters // 9}
     runs = []
     for seed in seeds:
         run_dir = out / f"{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}-seed{seed}"
         cfg = load_config(
             CONFIGS / preset,
             [
-                *overrides,
+                f"solver.warmup_iters={min(50, iters // 10)}",  # rows may override it
+                *(o.format(**budget) for o in overrides),
                 *extra,
                 f"train.seed={seed}",
                 f"solver.max_iter={iters}",
-                f"solver.warmup_iters={min(50, iters // 10)}",
                 "train.progress=false",
                 "train.eval_at_end=false",
                 f"output_dir={run_dir}",

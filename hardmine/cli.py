@@ -17,6 +17,8 @@ from hardmine.errors import HardmineError, TrainingInterrupted
 TRAIN_EPILOG = """\
 CONFIG is an optional YAML preset (see configs/); each KEY=VALUE overrides one option, e.g.
   hardmine train configs/smoke.yaml roi_head.batch_size_per_image=128 output_dir=runs/b128
+Distributed (data.batch_size images per process; docs/distributed.md):
+  torchrun --nproc_per_node=2 -m hardmine train configs/smoke.yaml model.sync_bn=true
 
 options (KEY=DEFAULT, then what it does):
 """
@@ -29,12 +31,14 @@ def _split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from hardmine.engine.distributed import env_rank
     from hardmine.engine.trainer import format_result, train
 
     path, overrides = _split_config_and_overrides(args.items)
     cfg = load_config(path, overrides)
     result = train(cfg, resume=args.resume)
-    print(format_result(result))
+    if env_rank() == 0:  # under torchrun, rank 0 speaks for the run
+        print(format_result(result))
     return 0
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from hardmine.data.transforms import AUGMENT_STEPS
 from hardmine.errors import ConfigError
 from hardmine.losses.per_sample import CLS_LOSSES, REG_LOSSES
 from hardmine.models.merge import MERGE_METHODS
@@ -73,7 +74,17 @@ class ModelConfig:
     )
     trainable_layers: int = opt(3, "pretrained backbones: how many stages (from the top) are trained")
     fpn_channels: int = opt(0, "FPN width; 0 = the backbone's default")
-    min_size: list[int] = opt([320], "shorter image side after resizing; several values = random per batch")
+    sync_bn: bool = opt(
+        False,
+        "torchrun runs: BatchNorm statistics over the global batch (all processes) instead of each "
+        "process's share; frozen BatchNorm (pretrained backbones) stays frozen; one process: no effect",
+    )
+    min_size: list[int] = opt(
+        [320],
+        "shorter image side after resizing; several values = random shapes: each batch trains at one "
+        "(the same on every process), the longer-side cap scaled in proportion; tests at the last",
+    )
+    size_period: int = opt(1, "random shapes: draw a new training size every N iterations")
     max_size: int = opt(320, "cap on the longer image side after resizing")
     anchor_sizes: list[list[int]] = opt([], "anchor sizes per feature level; [] = the backbone's default")
     aspect_ratios: list[float] = opt([0.5, 1.0, 2.0], "anchor aspect ratios (h/w), the same on every level")
@@ -182,6 +193,9 @@ class RoIHeadConfig:
     reg_loss: str = opt("smooth_l1", "box regression loss on encoded deltas", ROI_REG_LOSSES)
     smooth_l1_beta: float = opt(1.0 / 9, "beta of the smooth L1 box loss")
     focal_gamma: float = opt(2.0, "gamma of the softmax focal loss (cls_loss=softmax_focal; no alpha)")
+    label_smoothing: float = opt(
+        0.0, "cls_loss=ce: train against (1 - eps) one-hot + eps / (C + 1); 0 = off, 0.1 typical"
+    )
     balanced_l1_alpha: float = opt(0.5, "alpha of the balanced L1 box loss (Libra R-CNN: 0.5)")
     balanced_l1_gamma: float = opt(1.5, "gamma of the balanced L1 box loss (Libra R-CNN: 1.5)")
     balanced_l1_beta: float = opt(1.0, "beta of the balanced L1 box loss (Libra Faster R-CNN: 1.0)")
@@ -231,6 +245,9 @@ class DenseHeadConfig:
     )
     focal_alpha: float = opt(0.25, "alpha of focal loss / alpha-balanced BCE; negative = off")
     focal_gamma: float = opt(2.0, "gamma of focal loss")
+    label_smoothing: float = opt(
+        0.0, "sigmoid label smoothing: targets 1 - eps / 2 and eps / 2 instead of 1 and 0; 0 = off"
+    )
     smooth_l1_beta: float = opt(1.0 / 9, "beta of the smooth L1 box loss")
     balanced_l1_alpha: float = opt(0.5, "alpha of the balanced L1 box loss (Libra R-CNN: 0.5)")
     balanced_l1_gamma: float = opt(1.5, "gamma of the balanced L1 box loss (Libra R-CNN: 1.5)")
@@ -288,9 +305,44 @@ class DataConfig:
     synth_val: int = opt(100, "validation images of the built-in dataset")
     train_proposals: str = opt("", "Fast R-CNN: proposals file for the training set (hardmine proposals)")
     val_proposals: str = opt("", "Fast R-CNN: proposals file for the validation set")
-    batch_size: int = opt(2, "images per training batch")
+    batch_size: int = opt(
+        2, "images per training batch and process (torchrun: global batch = this x processes)"
+    )
     num_workers: int = opt(0, "DataLoader worker processes")
-    hflip_prob: float = opt(0.5, "probability of a horizontal flip in training")
+    hflip_prob: float = opt(
+        0.5, "probability of a horizontal flip in training (step 'hflip' of data.augment)"
+    )
+    augment: list[str] = opt(
+        ["hflip"],
+        f"training augmentation steps, any of {', '.join(AUGMENT_STEPS)}; always applied in that order; "
+        "[] = none (docs/training-tricks.md)",
+    )
+    color_jitter: list[float] = opt(
+        [0.125, 0.5, 0.5, 0.05],
+        "step color_jitter: brightness, contrast, saturation factors drawn in [1 - x, 1 + x], hue "
+        "shift in [-x, x] of the colour circle (torchvision ColorJitter; 0 = that part off)",
+    )
+    scale_jitter: list[float] = opt(
+        [0.5, 1.5],
+        "step scale_jitter: zoom factor range [lo, hi]; the image keeps its size: > 1 shows a random "
+        "window of the enlarged image, < 1 the shrunk image at a random place on black",
+    )
+    iou_crop_scale: list[float] = opt(
+        [0.3, 1.0],
+        "step iou_crop (SSD): range [lo, hi] of the crop's sides as fractions of the image's; objects "
+        "whose centre falls outside the crop are dropped",
+    )
+    mixup_prob: float = opt(
+        0.0,
+        "detection mixup: probability that a training image is blended with a random other one "
+        "(both sets of boxes kept, loss-weighted by the blend ratio); 0 = off",
+    )
+    mixup_alpha: float = opt(1.5, "mixup: blend ratio lambda ~ Beta(alpha, alpha) (paper: 1.5)")
+    mixup_off_last_epochs: int = opt(
+        0,
+        "mixup: none in the last K epochs of training (an epoch = training images // global batch "
+        "size iterations; a partial last epoch counts); 0 = mixup to the end",
+    )
     on_invalid: str = opt(
         "stop",
         "training checks both splits first (as `hardmine data check`); on errors: stop with the list, "
@@ -322,8 +374,20 @@ class SolverConfig:
 
 @dataclass
 class TrainConfig:
-    seed: int = opt(0, "seed of parameter init, sampling and augmentation")
-    device: str = opt("auto", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'")
+    seed: int = opt(
+        0,
+        "seed of parameter init, sampling and augmentation (torchrun: process r's RNG from seed + r; "
+        "data order and augmentation from the seed itself)",
+    )
+    device: str = opt(
+        "auto",
+        "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'; torchrun: auto/cuda = cuda:LOCAL_RANK",
+    )
+    dist_backend: str = opt(
+        "auto",
+        "torchrun runs: torch.distributed backend; auto = nccl on CUDA, gloo on the CPU (nccl needs CUDA)",
+        ("auto", "gloo", "nccl"),
+    )
     deterministic: bool = opt(True, "deterministic algorithms (bit-exact resume on CPU)")
     checkpoint_period: int = opt(200, "write a checkpoint every N iterations (and at the end)")
     log_period: int = opt(10, "write a log row every N iterations")
@@ -622,10 +686,19 @@ def validate(cfg: Config) -> None:
         all(s > 0 for s in cfg.model.min_size) and cfg.model.min_size, "model.min_size", "positive sizes"
     )
     _require(cfg.model.max_size > 0, "model.max_size", "must be > 0")
+    _require(cfg.model.size_period >= 1, "model.size_period", "must be >= 1")
     _require(all(r > 0 for r in cfg.model.aspect_ratios), "model.aspect_ratios", "must be > 0")
     _require(cfg.roi_head.score_chunk_size > 0, "roi_head.score_chunk_size", "must be > 0")
     for name in ("rpn", "roi_head", "dense_head"):
         _require(getattr(cfg, name).guided_loss >= 0, f"{name}.guided_loss", "must be >= 0 (0 = off)")
+    for name in ("roi_head", "dense_head"):
+        eps = getattr(cfg, name).label_smoothing
+        _require(0.0 <= eps < 1.0, f"{name}.label_smoothing", "must be in [0, 1) (0 = off)")
+    _require(
+        cfg.roi_head.label_smoothing == 0 or cfg.roi_head.cls_loss == "ce",
+        "roi_head.label_smoothing",
+        f"applies to roi_head.cls_loss=ce only (got {cfg.roi_head.cls_loss!r})",
+    )
     d = cfg.dense_head
     _require(0.0 < d.prior_prob < 1.0, "dense_head.prior_prob", "must be in (0, 1)")
     _require(d.focal_alpha <= 1.0, "dense_head.focal_alpha", "must be in [0, 1], or negative (off)")
@@ -644,6 +717,7 @@ def validate(cfg: Config) -> None:
     _require(cfg.data.batch_size > 0, "data.batch_size", "must be > 0")
     _require(cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0")
     _require(0.0 <= cfg.data.hflip_prob <= 1.0, "data.hflip_prob", "must be in [0, 1]")
+    _validate_augmentation(cfg)
     _require(cfg.solver.lr > 0, "solver.lr", "must be > 0")
     _require(cfg.solver.max_iter > 0, "solver.max_iter", "must be > 0")
     _require(cfg.solver.warmup_iters >= 0, "solver.warmup_iters", "must be >= 0")
@@ -740,6 +814,36 @@ def _validate_test_time_and_mining(cfg: Config) -> None:
     _require(m.round_iters >= 0, "mining.round_iters", "must be >= 0 (0 = solver.max_iter)")
     _require(0.0 <= m.score_thresh <= 1.0, "mining.score_thresh", "must be in [0, 1]")
     _require(0.0 < m.iou_thresh <= 1.0, "mining.iou_thresh", "must be in (0, 1]")
+
+
+def _validate_augmentation(cfg: Config) -> None:
+    """The training augmentation steps, their parameters and mixup (`data.*`)."""
+    d = cfg.data
+    for i, step in enumerate(d.augment):
+        choices = ", ".join(AUGMENT_STEPS)
+        _require(step in AUGMENT_STEPS, "data.augment", f"unknown step {step!r}; choose from {choices}")
+        _require(step not in d.augment[:i], "data.augment", f"{step!r} is listed twice")
+    _require(
+        len(d.color_jitter) == 4 and all(x >= 0 for x in d.color_jitter),
+        "data.color_jitter",
+        f"needs 4 values >= 0 (brightness, contrast, saturation, hue), got {d.color_jitter}",
+    )
+    _require(len(d.color_jitter) < 4 or d.color_jitter[3] <= 0.5, "data.color_jitter", "hue must be <= 0.5")
+    _require(
+        len(d.scale_jitter) == 2 and 0 < d.scale_jitter[0] <= d.scale_jitter[1],
+        "data.scale_jitter",
+        f"needs [lo, hi] with 0 < lo <= hi, got {d.scale_jitter}",
+    )
+    _require(
+        len(d.iou_crop_scale) == 2 and 0 < d.iou_crop_scale[0] <= d.iou_crop_scale[1] <= 1,
+        "data.iou_crop_scale",
+        f"needs [lo, hi] with 0 < lo <= hi <= 1, got {d.iou_crop_scale}",
+    )
+    _require(0.0 <= d.mixup_prob <= 1.0, "data.mixup_prob", "must be in [0, 1] (0 = off)")
+    _require(d.mixup_alpha > 0, "data.mixup_alpha", "must be > 0")
+    _require(
+        d.mixup_off_last_epochs >= 0, "data.mixup_off_last_epochs", "must be >= 0 (0 = mixup to the end)"
+    )
 
 
 def describe_options() -> str:

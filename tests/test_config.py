@@ -233,3 +233,20 @@ def test_fault_handling_defaults():
         "header",
         5,
     )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("roi_head.label_smoothing=1.0", "roi_head.label_smoothing: must be in [0, 1) (0 = off)"),
+        ("dense_head.label_smoothing=-0.1", "dense_head.label_smoothing: must be in [0, 1) (0 = off)"),
+        (
+            "roi_head.cls_loss=softmax_focal roi_head.label_smoothing=0.1",
+            "roi_head.label_smoothing: applies to roi_head.cls_loss=ce only (got 'softmax_focal')",
+        ),
+    ],
+)
+def test_label_smoothing_options_validated(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, override.split())
+    assert message in str(info.value)

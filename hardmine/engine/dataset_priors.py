@@ -28,7 +28,7 @@ from hardmine.errors import DataError
 from hardmine.models.priors import AnchorGrid, AssignmentCounts, HeadProbe, count_assignments
 
 #: Bump when the counting changes, so caches written by older code are not reused.
-COUNTING_VERSION = 1
+COUNTING_VERSION = 2  # 2: several min sizes have proportional caps (random shapes)
 #: File the applied statistics are copied to in the run folder.
 PRIORS_FILE = "dataset_priors.json"
 

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 from torch.optim import Optimizer
 
+from hardmine.engine.distributed import any_process
 from hardmine.errors import TrainingDiverged
 
 #: Names shown in a message before "(+N more)".
@@ -70,11 +71,20 @@ def guarded_step(
     The gradient norm is that of all gradients (after unscaling with a `scaler`); with
     `clip_grad_norm` > 0 gradients are clipped to it, exactly as `clip_grad_norm_`. Gradients are
     zeroed before the backward pass and again after a skipped step.
+
+    In a distributed run (`model` wrapped in DistributedDataParallel by the caller, which passes the
+    plain model here) every process must decide alike, or the others would wait forever for the
+    gradient all-reduce of a skipped backward pass: a non-finite loss on any process skips the step
+    on all of them. The gradient check needs no vote, since the gradients are already averaged over
+    the processes (a NaN on one is a NaN on all).
     """
     optimizer.zero_grad(set_to_none=True)
     loss = sum(losses.values())
     assert isinstance(loss, Tensor)
-    if not bool(torch.isfinite(loss)):
+    finite = bool(torch.isfinite(loss))
+    if any_process(not finite):
+        if finite:
+            return StepOutcome(False, "non-finite loss on another process")
         bad = nonfinite_losses(losses) or [f"total={float(loss):g}"]
         return StepOutcome(False, f"non-finite loss ({_names(bad)})")
     if scaler is not None:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from hardmine.config import EvalConfig
 from hardmine.models.merge import MERGE_METHODS, concat_detections, merge_detections
-from hardmine.models.transform import DetectionTransform
+from hardmine.models.transform import DetectionTransform, scaled_max_size
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def resized_to(transform: DetectionTransform, size: int | None) -> Iterator[None
         return
     min_size, max_size = transform.min_size, transform.max_size
     transform.min_size = (size,)
-    transform.max_size = max(round(max_size * size / min_size[-1]), 1)
+    transform.max_size = scaled_max_size(max_size, size, min_size[-1])
     try:
         yield
     finally:

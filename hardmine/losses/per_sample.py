@@ -18,9 +18,10 @@ ClsLoss = Callable[[Tensor, Tensor], Tensor]
 RegLoss = Callable[[Tensor, Tensor, float], Tensor]
 
 
-def softmax_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
-    """[K] softmax cross-entropy over C + 1 classes (label 0 = background)."""
-    return F.cross_entropy(logits, labels, reduction="none")
+def softmax_cross_entropy(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """[K] softmax cross-entropy over C + 1 classes (label 0 = background), optionally against
+    smoothed targets (1 - eps) one_hot + eps / (C + 1) (`hardmine.losses.smoothing`)."""
+    return F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
 
 
 def softmax_focal(logits: Tensor, labels: Tensor, gamma: float = 2.0) -> Tensor:

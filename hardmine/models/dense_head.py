@@ -11,9 +11,11 @@ Training, per batch:
 2. the sampler picks the anchors that train the head (default: all assigned ones, as RetinaNet);
    loss-ranking samplers get a scoring callable that evaluates the per-anchor loss of the already
    computed head outputs without autograd;
-3. the classification loss (`CLS_LOSS_NAMES`, sigmoid, one-vs-all) and the box loss
+3. the classification loss (`CLS_LOSS_NAMES`, sigmoid, one-vs-all, against targets smoothed to
+   eps / 2 and 1 - eps / 2 with `label_smoothing` eps > 0) and the box loss
    (`REG_LOSS_NAMES`, foreground only) of the picked anchors are weighted (sampler weights x
-   per-box "weights" for foreground) and divided by a normaliser.
+   per-box "weights" of mixup for foreground; loss-ranking samplers rank by these weighted losses
+   too) and divided by a normaliser.
 
 Normalisers. Focal, BCE and the box losses l1 / smooth_l1 / giou / balanced_l1 are divided by the
 number of sampled foreground anchors (at least 1), or, with `normalizer_momentum` > 0, by its
@@ -46,9 +48,23 @@ from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.retinanet import RetinaNetClassificationHead, RetinaNetRegressionHead
 from torchvision.ops import generalized_box_iou_loss
 
-from hardmine.losses import GHMC, GHMR, balanced_l1_loss, guided_loss_scale, sigmoid_focal_loss
+from hardmine.engine.distributed import sum_over_processes, world_size
+from hardmine.losses import (
+    GHMC,
+    GHMR,
+    balanced_l1_loss,
+    guided_loss_scale,
+    sigmoid_focal_loss,
+    smooth_binary_targets,
+)
+from hardmine.losses.smoothing import check_label_smoothing
 from hardmine.models.hard_negatives import HardNegativeUpweight
-from hardmine.models.matching import candidates_from_matches, match_boxes, sample_weights
+from hardmine.models.matching import (
+    candidate_box_weights,
+    candidates_from_matches,
+    match_boxes,
+    sample_weights,
+)
 from hardmine.models.priors import AssignmentCounts, sigmoid_prior_bias, store_class_thresholds
 from hardmine.models.stats import sampling_stats
 from hardmine.sampling.base import CandidateLosses, IoUThresholds, Sampler
@@ -151,6 +167,7 @@ class DenseHead(nn.Module):
         reg_loss: str = "l1",
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
+        label_smoothing: float = 0.0,
         smooth_l1_beta: float = 1.0 / 9,
         balanced_l1_alpha: float = 0.5,
         balanced_l1_gamma: float = 1.5,
@@ -206,6 +223,7 @@ class DenseHead(nn.Module):
             self.reg_loss = partial(balanced_l1, alpha=balanced_l1_alpha, gamma=balanced_l1_gamma)
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
+        self.label_smoothing = check_label_smoothing(label_smoothing)
         self.smooth_l1_beta = smooth_l1_beta
         self.reg_beta = balanced_l1_beta if reg_loss == "balanced_l1" else smooth_l1_beta
         self.ghmr_loss_weight = ghmr_loss_weight
@@ -257,6 +275,7 @@ class DenseHead(nn.Module):
         fg = labels > 0
         targets = torch.zeros_like(logits)
         targets[fg, labels[fg] - 1] = 1.0
+        targets = smooth_binary_targets(targets, self.label_smoothing)
         if self.ghm_c is not None:
             cls = self.ghm_c(logits, targets).sum(dim=-1)
         else:
@@ -271,15 +290,25 @@ class DenseHead(nn.Module):
         return cls, reg
 
     def _foreground_normaliser(self, num_fg: Tensor) -> Tensor:
-        """max(num_fg, 1), or its EMA across training iterations with `normalizer_momentum` > 0."""
+        """max(num_fg, 1), or its EMA across training iterations with `normalizer_momentum` > 0.
+
+        In a distributed run the count is the global batch's (summed over the processes) and the
+        normaliser is divided by the number of processes: DDP averages the processes' gradients, and
+        that average then equals the gradient of one process on the combined batch (mmdetection's
+        reduce_mean(num_pos)). The EMA buffer holds the global count, the same on every process.
+        """
+        processes = world_size()
+        if processes > 1:
+            num_fg = sum_over_processes(num_fg)
         count = num_fg.float().clamp_min(1.0)
         if self.normalizer is None:
-            return count
+            return count if processes == 1 else count / processes
         if self.training:
             m = self.normalizer_momentum
             started = self.normalizer > 0
             self.normalizer.copy_(torch.where(started, m * self.normalizer + (1 - m) * count, count))
-        return torch.where(self.normalizer > 0, self.normalizer, count)  # not started (eval): the count
+        normaliser = torch.where(self.normalizer > 0, self.normalizer, count)  # not started (eval): the count
+        return normaliser if processes == 1 else normaliser / processes
 
     def loss(
         self,
@@ -313,7 +342,14 @@ class DenseHead(nn.Module):
                 labels = torch.cat(assigned).clamp(min=0)
                 cls, reg = self._per_sample_losses(flat_logits, flat_deltas, labels, flat_gt, flat_anchors)
                 box = torch.zeros_like(cls).index_put((torch.nonzero(labels > 0).flatten(),), reg)
-                return [CandidateLosses(c, b) for c, b in zip(cls.split(num_anchors), box.split(num_anchors))]
+                scores = []
+                per_image = zip(cls.split(num_anchors), box.split(num_anchors), matches, targets, assigned)
+                for c, b, m, t, a in per_image:
+                    box_weights = candidate_box_weights(m, t, a)
+                    if box_weights is not None:  # rank by the weighted loss that would be trained
+                        c, b = c * box_weights, b * box_weights
+                    scores.append(CandidateLosses(c, b))
+                return scores
 
         results = self.sampler(candidates, score_fn if self.sampler.needs_scores else None)
         idx = torch.cat([r.indices + i * num_anchors for i, r in enumerate(results)])

@@ -100,6 +100,22 @@ def matched_boxes(match: Match, gt_boxes: Tensor, indices: Tensor | None = None)
     return gt_boxes[matched]
 
 
+def candidate_box_weights(match: Match, target: dict[str, Tensor], labels: Tensor) -> Tensor | None:
+    """[N] loss weight of every candidate from the per-box "weights" (mixup): the matched box's
+    weight where `labels` marks foreground (> 0), 1 elsewhere; None when the target has no weights.
+
+    Loss-ranking samplers (OHEM, hard negatives) rank by these weighted losses, the losses the
+    selected candidates are then trained with, so a weight-0 box never makes its candidates "hard".
+    """
+    box_weights = target.get("weights")
+    if box_weights is None or box_weights.numel() == 0:
+        return None
+    out = torch.ones(labels.shape, dtype=box_weights.dtype, device=labels.device)
+    fg = labels > 0
+    out[fg] = box_weights[match.matched[fg]]
+    return out
+
+
 def sample_weights(
     results: list[SampleResult], matches: list[Match], targets: list[dict[str, Tensor]], dtype: torch.dtype
 ) -> Tensor:

@@ -28,6 +28,7 @@ from torchvision.models.detection.image_list import ImageList
 
 from hardmine.data.records import ImageRecord
 from hardmine.models.matching import candidates_from_matches, match_boxes
+from hardmine.models.transform import scaled_max_size
 from hardmine.sampling.base import IoUThresholds, assign_labels
 
 
@@ -194,8 +195,9 @@ def count_assignments(
 ) -> AssignmentCounts:
     """Count one head's foreground and background candidates over `records` (see the module doc).
 
-    Candidates are summed over every training scale in `min_sizes` (their ratio is then the
-    expectation over the random choice of scale); ground-truth instances are counted once. Each
+    Candidates are summed over every training scale in `min_sizes`, each with the longer-side cap
+    the model trains it with (`scaled_max_size`), so their ratio is the expectation over the random
+    choice of scale; ground-truth instances are counted once. Each
     image is taken alone, padded to `size_divisible`, as in a batch of same-size images. Proposals
     (Fast R-CNN) are in original image coordinates, keyed by image id.
     """
@@ -206,7 +208,8 @@ def count_assignments(
         for j in labels.tolist():
             gt_per_class[j - 1] += 1
         for min_size in min_sizes:
-            h, w = resized_size(record.height, record.width, min_size, max_size)
+            cap = scaled_max_size(max_size, min_size, min_sizes[-1])  # as DetectionTransform trains
+            h, w = resized_size(record.height, record.width, min_size, cap)
             scale = torch.tensor([w / record.width, h / record.height] * 2)
             boxes = torch.as_tensor(record.boxes, dtype=torch.float32).reshape(-1, 4) * scale
             ignore = torch.as_tensor(record.ignore_boxes, dtype=torch.float32).reshape(-1, 4) * scale

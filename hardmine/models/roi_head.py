@@ -9,10 +9,12 @@ Built from torchvision's blocks (`MultiScaleRoIAlign`, `TwoMLPHead`, `FastRCNNPr
    callable that runs the head over all candidates under `torch.no_grad()`;
 3. only the picked candidates go through RoIAlign and the box head with autograd.
 
-Losses: per-sample classification (`CLS_LOSSES`: cross-entropy, or softmax focal loss with
-`focal_gamma`) and class-specific box regression (`REG_LOSSES`: smooth L1, L1 or balanced L1 with
-`balanced_l1_alpha/gamma/beta`; foreground only), each summed with the per-sample weights and
-divided by the number of sampled candidates (torchvision's normalisation).
+Losses: per-sample classification (`CLS_LOSSES`: cross-entropy, optionally against
+`label_smoothing`-smoothed targets, or softmax focal loss with `focal_gamma`) and class-specific
+box regression (`REG_LOSSES`: smooth L1, L1 or balanced L1 with `balanced_l1_alpha/gamma/beta`;
+foreground only), each summed with the per-sample weights (sampler weights times the per-box
+"weights" of mixup, for foreground) and divided by the number of sampled candidates
+(torchvision's normalisation). Loss-ranking samplers rank by the same weighted losses.
 
 Sampling-free training (`docs/soft-sampling.md`, usually with `sampler=none`): `guided_loss` > 0
 divides the box loss by the number of foreground samples instead (the authors' code) and rescales
@@ -31,12 +33,15 @@ from torch import Tensor, nn
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import MultiScaleRoIAlign, batched_nms
 
+from hardmine.engine.distributed import batch_normaliser
 from hardmine.losses.guided import guided_loss_scale
 from hardmine.losses.per_sample import CLS_LOSSES, REG_LOSSES
+from hardmine.losses.smoothing import check_label_smoothing
 from hardmine.models.hard_negatives import append_hard_negatives
 from hardmine.models.iterative import IterativeRegression, first_round
 from hardmine.models.matching import (
     Match,
+    candidate_box_weights,
     candidates_from_matches,
     match_boxes,
     matched_boxes,
@@ -64,6 +69,7 @@ class RoIHead(nn.Module):
         reg_loss: str = "smooth_l1",
         smooth_l1_beta: float = 1.0 / 9,
         focal_gamma: float = 2.0,
+        label_smoothing: float = 0.0,
         balanced_l1_alpha: float = 0.5,
         balanced_l1_gamma: float = 1.5,
         balanced_l1_beta: float = 1.0,
@@ -89,6 +95,11 @@ class RoIHead(nn.Module):
         self.cls_loss = CLS_LOSSES[cls_loss]
         if cls_loss == "softmax_focal":
             self.cls_loss = partial(self.cls_loss, gamma=focal_gamma)
+        self.label_smoothing = check_label_smoothing(label_smoothing)
+        if label_smoothing > 0:
+            if cls_loss != "ce":
+                raise ValueError(f"label_smoothing applies to cls_loss='ce' only, not {cls_loss!r}")
+            self.cls_loss = partial(self.cls_loss, label_smoothing=label_smoothing)
         self.reg_loss = REG_LOSSES[reg_loss]
         if reg_loss == "balanced_l1":
             self.reg_loss = partial(self.reg_loss, alpha=balanced_l1_alpha, gamma=balanced_l1_gamma)
@@ -131,9 +142,11 @@ class RoIHead(nn.Module):
     def _weighted_losses(
         self, cls: Tensor, reg: Tensor, labels: Tensor, weights: Tensor, num_sampled: int
     ) -> dict[str, Tensor]:
-        """The head's two losses from per-sample ones (see the module docstring)."""
-        cls_loss = (cls * weights).sum() / num_sampled
-        box_norm = max(int((labels > 0).sum()), 1) if self.guided_loss > 0 else num_sampled
+        """The head's two losses from per-sample ones (see the module docstring); in a distributed
+        run the normalisers count the global batch (`batch_normaliser`)."""
+        sampled_norm = batch_normaliser(num_sampled)
+        cls_loss = (cls * weights).sum() / sampled_norm
+        box_norm = batch_normaliser(int((labels > 0).sum())) if self.guided_loss > 0 else sampled_norm
         box_loss = (reg * weights).sum() / box_norm
         if self.guided_loss > 0:
             cls_loss = guided_loss_scale(cls_loss, box_loss, self.guided_loss)
@@ -232,7 +245,8 @@ class RoIHead(nn.Module):
             full_targets = all_regression_targets()
 
         def score_fn(assigned: list[Tensor]) -> list[CandidateLosses]:
-            """Per-candidate cls and box loss over all candidates, without autograd."""
+            """Per-candidate cls and box loss over all candidates (times the mixup weight of the box
+            a candidate is foreground for), without autograd."""
             with torch.no_grad():
                 if loss_mask:
                     logits, deltas, reg_targets = full_logits.detach(), full_deltas.detach(), full_targets
@@ -242,7 +256,13 @@ class RoIHead(nn.Module):
                 cls, reg = self._per_sample_losses(
                     logits, deltas, torch.cat(assigned).clamp(min=0), reg_targets
                 )
-                return [CandidateLosses(c, r) for c, r in zip(cls.split(sizes), reg.split(sizes))]
+                scores = []
+                for c, r, m, t, a in zip(cls.split(sizes), reg.split(sizes), matches, targets, assigned):
+                    box_weights = candidate_box_weights(m, t, a)
+                    if box_weights is not None:  # rank by the weighted loss that would be trained
+                        c, r = c * box_weights, r * box_weights
+                    scores.append(CandidateLosses(c, r))
+                return scores
 
         results = self.sampler(candidates, score_fn if self.sampler.needs_scores else None)
         weights = sample_weights(results, matches, targets, proposals[0].dtype)
@@ -254,7 +274,7 @@ class RoIHead(nn.Module):
             mask = torch.zeros(num_candidates, dtype=weights.dtype, device=weights.device)
             mask[idx] = weights
             cls, reg = self._per_sample_losses(full_logits, full_deltas, labels, full_targets)
-            num_sampled = max(idx.numel(), 1)
+            num_sampled = idx.numel()
             self.last_stats = sampling_stats(cls[idx], labels[idx], num_candidates=num_candidates)
             return self._weighted_losses(cls, reg, labels * (mask > 0), mask, num_sampled)
         boxes = [p[r.indices] for p, r in zip(proposals, results)]
@@ -267,7 +287,7 @@ class RoIHead(nn.Module):
         )
         logits, deltas = self.predict(features, boxes, image_shapes)
         cls, reg = self._per_sample_losses(logits, deltas, labels, reg_targets)
-        num_sampled = max(labels.numel(), 1)
+        num_sampled = labels.numel()
         self.last_stats = sampling_stats(cls, labels, num_candidates=num_candidates)
         return self._weighted_losses(cls, reg, labels, weights, num_sampled)
 

@@ -22,8 +22,15 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers
 
+from hardmine.engine.distributed import batch_normaliser
 from hardmine.losses.guided import guided_loss_scale
-from hardmine.models.matching import candidates_from_matches, match_boxes, matched_boxes, sample_weights
+from hardmine.models.matching import (
+    candidate_box_weights,
+    candidates_from_matches,
+    match_boxes,
+    matched_boxes,
+    sample_weights,
+)
 from hardmine.models.priors import AssignmentCounts, sigmoid_prior_bias
 from hardmine.models.stats import sampling_stats
 from hardmine.sampling.base import CandidateLosses, Sampler, SampleResult
@@ -127,7 +134,8 @@ class RPN(RegionProposalNetwork):
             return self.box_coder.encode_single(gt, anchors[i][idx])
 
         def score_fn(assigned: list[Tensor]) -> list[CandidateLosses]:
-            """Per-anchor objectness and box loss of every anchor, without autograd."""
+            """Per-anchor objectness and box loss of every anchor (times its box's mixup weight),
+            without autograd."""
             with torch.no_grad():
                 scores = []
                 for i, labels in enumerate(assigned):
@@ -144,6 +152,9 @@ class RPN(RegionProposalNetwork):
                             reduction="none",
                         ).sum(dim=1)
                         box = box.index_put((fg,), fg_box.to(box.dtype))
+                    box_weights = candidate_box_weights(matches[i], targets[i], labels)
+                    if box_weights is not None:  # rank by the weighted loss that would be trained
+                        cls, box = cls * box_weights, box * box_weights
                     scores.append(CandidateLosses(cls, box))
                 return scores
 
@@ -154,12 +165,14 @@ class RPN(RegionProposalNetwork):
         idx = torch.cat([r.indices for r in results])
         labels = torch.cat([r.labels for r in results])
         weights = sample_weights(results, matches, targets, logits.dtype)
-        num_sampled = max(idx.numel(), 1)
+        num_sampled = batch_normaliser(idx.numel())  # the global batch's count in a distributed run
 
         cls = F.binary_cross_entropy_with_logits(
             logits[idx_images, idx], (labels > 0).to(logits.dtype), reduction="none"
         )
         fg = labels > 0
+        # outside the branch: in a distributed run every process must join the count's all-reduce
+        box_norm = batch_normaliser(int(fg.sum())) if self.guided_loss > 0 else num_sampled
         if fg.any():
             fg_targets = torch.cat(
                 [regression_targets(i, r.indices[r.labels > 0]) for i, r in enumerate(results)]
@@ -167,7 +180,6 @@ class RPN(RegionProposalNetwork):
             box = F.smooth_l1_loss(
                 deltas[idx_images[fg], idx[fg]], fg_targets, beta=self.smooth_l1_beta, reduction="none"
             ).sum(dim=1)
-            box_norm = max(int(fg.sum()), 1) if self.guided_loss > 0 else num_sampled
             box_loss = (box * weights[fg]).sum() / box_norm
         else:
             box_loss = deltas.sum() * 0.0

@@ -20,8 +20,25 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def scaled_max_size(max_size: int, size: int, reference: int) -> int:
+    """The longer-side cap for shorter side `size`: `max_size` scaled by size / reference.
+
+    `max_size` belongs to the reference (test) size; scaling it with the size keeps the cap from
+    undoing larger sizes (multi-scale testing, random shapes) and leaves the reference unchanged.
+    """
+    return max(round(max_size * size / reference), 1)
+
+
 class DetectionTransform(GeneralizedRCNNTransform):
-    """`GeneralizedRCNNTransform` that also rescales the box entries of `EXTRA_BOX_KEYS`."""
+    """`GeneralizedRCNNTransform` that also rescales the box entries of `EXTRA_BOX_KEYS`.
+
+    Training size: with one `min_size` every image is resized to it (torchvision's behaviour).
+    With several (random shapes / multi-scale training) the trainer sets `train_size` before each
+    batch, one of `min_size` chosen by `hardmine.engine.shapes.RandomShapes` (the same on every
+    process), and the whole batch is resized to it with the cap `scaled_max_size(max_size,
+    train_size, min_size[-1])`. Without a `train_size` torchvision's per-image random choice applies.
+    Inference uses `min_size[-1]` and `max_size`.
+    """
 
     def __init__(
         self,
@@ -31,9 +48,24 @@ class DetectionTransform(GeneralizedRCNNTransform):
     ) -> None:
         sizes = (min_size,) if isinstance(min_size, int) else tuple(min_size)
         super().__init__(sizes, max_size, list(IMAGENET_MEAN), list(IMAGENET_STD), size_divisible)
+        #: shorter side of the current training batch (random shapes); None = torchvision's choice
+        self.train_size: int | None = None
 
     def resize(
         self, image: Tensor, target: dict[str, Tensor] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor] | None]:
+        if self.training and self.train_size is not None:
+            sizes, cap = self.min_size, self.max_size
+            self.min_size = (self.train_size,)
+            self.max_size = scaled_max_size(cap, self.train_size, sizes[-1])
+            try:
+                return self._resize(image, target)
+            finally:
+                self.min_size, self.max_size = sizes, cap
+        return self._resize(image, target)
+
+    def _resize(
+        self, image: Tensor, target: dict[str, Tensor] | None
     ) -> tuple[Tensor, dict[str, Tensor] | None]:
         h, w = image.shape[-2:]
         image, target = super().resize(image, target)

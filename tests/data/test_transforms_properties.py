@@ -1,6 +1,7 @@
 """Property-based tests (hypothesis) of the augmentation pipelines and the model's resize over random
-image sizes and boxes: never crash, keep every box and label, and keep boxes valid and inside the
-image; a certain flip mirrors the boxes exactly."""
+image sizes and boxes: never crash, keep boxes valid and inside the image (the flip keeps every box
+and label, the cropping steps drop boxes together with their labels and weights); a certain flip
+mirrors the boxes exactly."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchvision import tv_tensors
 
-from hardmine.data.transforms import build_eval_transforms, build_train_transforms
+from hardmine.data.transforms import (
+    AUGMENT_STEPS,
+    AugmentOptions,
+    build_eval_transforms,
+    build_train_transforms,
+)
 from hardmine.models.transform import DetectionTransform
 
 SETTINGS = settings(max_examples=50, deadline=None)
@@ -68,6 +74,34 @@ def test_train_pipeline_keeps_boxes_valid_and_mirrors_them(sample, prob, seed):
         assert torch.allclose(out["boxes"].as_subclass(torch.Tensor), mirrored)
     if prob == 0.0:
         assert torch.equal(out["boxes"], target["boxes"])
+
+
+@SETTINGS
+@given(
+    sample=samples(),
+    steps=st.lists(st.sampled_from(AUGMENT_STEPS), unique=True),
+    zoom=st.tuples(st.floats(0.05, 1.0), st.floats(1.0, 3.0)),
+    seed=st.integers(0, 2**16),
+)
+def test_every_augmentation_keeps_boxes_valid_inside_the_image_and_aligned(sample, steps, zoom, seed):
+    image, target = sample
+    target = {k: v.clone() for k, v in target.items()}
+    target["weights"] = target["labels"].float() / 8  # a per-box entry that must follow its box
+    pipeline = build_train_transforms(0.5, AugmentOptions(steps=tuple(steps), scale_jitter=zoom))
+    torch.manual_seed(seed)
+    out_image, out = pipeline(image, target)
+    height, width = out_image.shape[-2:]
+    assert (
+        out_image.dtype == torch.float32 and 0.0 <= float(out_image.min()) and float(out_image.max()) <= 1.0
+    )
+    assert torch.equal(out["weights"], out["labels"].float() / 8)
+    assert out["boxes"].shape[0] == out["labels"].shape[0] <= target["boxes"].shape[0]
+    for key in ("boxes", "ignore_boxes"):
+        assert_valid(out[key].as_subclass(torch.Tensor), width, height)
+        assert tuple(out[key].canvas_size) == (height, width)
+        if {"scale_jitter", "iou_crop"} & set(steps):  # cropping steps drop what is under 1 px
+            sides = out[key][:, 2:] - out[key][:, :2]
+            assert bool((sides >= 1).all())
 
 
 @SETTINGS

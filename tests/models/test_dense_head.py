@@ -487,3 +487,31 @@ def test_config_builds_the_dense_losses_with_their_options():
     dense = build_model(cfg, num_classes=2).heads["dense"]
     assert dense.reg_beta == 0.11 and dense.reg_loss.keywords == {"alpha": 0.5, "gamma": 1.5}
     assert dense.ghm_c is None and dense.ghm_r is None and dense.normalizer is None
+
+
+def test_label_smoothing_gives_bce_against_smoothed_one_hot_targets():
+    targets = hand_made_batch()
+    logits, deltas = outputs()
+    one_hot = torch.zeros(2, 16, NUM_CLASSES)
+    one_hot[0, 0, 0] = one_hot[0, 5, 2] = one_hot[0, 6, 2] = 1.0
+    keep = torch.ones(2, 16, dtype=torch.bool)
+    keep[1, 15] = False  # ignored
+    smoothed = one_hot[keep] * 0.8 + 0.1  # eps 0.2: 1 -> 0.9, 0 -> 0.1
+    expected = F.binary_cross_entropy_with_logits(logits[keep], smoothed, reduction="sum") / 3
+    dense = head(cls_loss="bce", focal_alpha=-1.0, label_smoothing=0.2)
+    losses = dense.loss(logits, deltas, [tiles(), tiles()], targets)
+    torch.testing.assert_close(losses["loss_dense_cls"], expected)
+
+
+def test_loss_ranking_scores_carry_the_box_weights():
+    sampler = TopLoss(IoUThresholds(fg=0.5, bg_lo=0.0, bg_hi=0.4), k=16)
+    dense = head(sampler=sampler)
+    logits, deltas = outputs(num_images=1)
+    dense.loss(logits, deltas, [tiles()], [target([GT_EXACT, GT_FAR], [1, 2])])
+    unweighted = sampler.scores[0].clone()
+    weighted_target = target([GT_EXACT, GT_FAR], [1, 2], weights=torch.tensor([1.0, 0.0]))
+    dense.loss(logits, deltas, [tiles()], [weighted_target])
+    weighted = sampler.scores[0]
+    assert weighted[3].item() == 0.0 and unweighted[3].item() > 0  # anchor 3 is GT_FAR's (weight 0)
+    keep = torch.arange(16) != 3
+    torch.testing.assert_close(weighted[keep], unweighted[keep])

@@ -283,3 +283,48 @@ def test_config_builds_the_roi_losses_with_their_options():
     roi = build_model(cfg, num_classes=2).heads["roi"]
     assert roi.cls_loss.keywords == {"gamma": 0.5} and roi.reg_beta == 1.0
     assert roi.reg_loss.keywords == {"alpha": 0.5, "gamma": 1.5}
+
+
+def test_label_smoothing_trains_against_smoothed_targets():
+    head = _head(
+        NoSampler(thresholds=IoUThresholds(0.5, 0.0, 0.5)), add_gt_as_proposals=False, label_smoothing=0.1
+    )
+    head.train()
+    losses = head(_features(), PROPOSALS, SHAPES, TARGETS)[1]
+    logits, _ = head.predict(_features(), PROPOSALS, SHAPES)
+    labels = torch.tensor([2, 0, 0, 0, 0])
+    expected = F.cross_entropy(logits, labels, label_smoothing=0.1)
+    assert losses["loss_roi_cls"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert expected.item() != pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-3)
+
+
+def test_label_smoothing_needs_cross_entropy():
+    with pytest.raises(ValueError, match="label_smoothing applies to cls_loss='ce' only"):
+        _head(RandomSampler(), cls_loss="softmax_focal", label_smoothing=0.1)
+
+
+def test_loss_ranking_scores_carry_the_box_weights():
+    captured = {}
+
+    @dataclass
+    class Recorder(Sampler):
+        needs_scores = True
+
+        def select(self, labels, candidates, score_fn):
+            captured["losses"] = score_fn(labels)
+            return [SampleResult(torch.arange(lab.numel()), lab.clamp(min=0)) for lab in labels]
+
+    head = _head(Recorder(thresholds=IoUThresholds(0.5, 0.0, 0.5)), add_gt_as_proposals=False)
+    head.train()
+    plain = [TARGETS[0], TARGETS[1]]
+    head(_features(), PROPOSALS, SHAPES, plain)
+    unweighted = captured["losses"]
+    for weight in (0.0, 0.25):
+        weighted_targets = [dict(TARGETS[0], weights=torch.tensor([weight])), TARGETS[1]]
+        head(_features(), PROPOSALS, SHAPES, weighted_targets)
+        weighted = captured["losses"]
+        # candidate 0 of image 0 is the foreground one: its cls and box scores scale with the weight
+        torch.testing.assert_close(weighted[0].cls[0], weight * unweighted[0].cls[0])
+        torch.testing.assert_close(weighted[0].box[0], weight * unweighted[0].box[0])
+        torch.testing.assert_close(weighted[0].cls[1:], unweighted[0].cls[1:])  # background: unchanged
+        torch.testing.assert_close(weighted[1].cls, unweighted[1].cls)

@@ -109,3 +109,30 @@ def test_ohem_trains_on_the_anchors_with_the_highest_objectness_plus_box_loss():
     torch.testing.assert_close(losses["loss_rpn_cls"], expected_cls / 10)
     assert sampler.last_stats["num_selected"] == 10
     assert sampler.last_stats["mean_loss_selected"] >= sampler.last_stats["mean_loss_all"]
+
+
+def test_loss_ranking_scores_carry_the_box_weights():
+    @dataclass
+    class Recorder(NoSampler):
+        needs_scores = True
+
+        def select(self, labels, candidates, score_fn):
+            self.labels, self.losses = labels, score_fn(labels)
+            return super().select(labels, candidates, None)
+
+    sampler = Recorder(IoUThresholds(0.7, 0.0, 0.3))
+    rpn = _rpn(sampler)
+    rpn.train()
+    images, features, targets = _inputs()
+    rpn(images, features, targets)
+    unweighted = sampler.losses[0]
+    targets[0]["weights"] = torch.tensor([0.0, 1.0])
+    rpn(images, features, targets)
+    weighted = sampler.losses[0]
+    anchors = rpn.anchor_generator(images, list(features.values()))[0]
+    fg = sampler.labels[0] > 0
+    of_box0 = fg & (box_iou(anchors, targets[0]["boxes"]).argmax(dim=1) == 0)
+    assert of_box0.sum() == 1  # the exact anchor of the 16 px box
+    assert weighted.cls[of_box0].item() == 0.0 and weighted.box[of_box0].item() == 0.0
+    assert unweighted.cls[of_box0].item() > 0
+    torch.testing.assert_close(weighted.total[~of_box0], unweighted.total[~of_box0])
