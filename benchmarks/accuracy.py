@@ -34,17 +34,15 @@ TEST_SCALES = "eval.scales=[256,320,416]"
 
 #: The training tricks' overrides (the paper's values where it gives them): mixup Beta(1.5, 1.5)
 #: on every image, off for the last epoch (of 4 at 600 iterations); smoothing 0.1; sizes 256-384
-#: around the test size 320 (the last entry), a new one every 10 iterations; v2 augmentation
-#: without hue jitter.
+#: around the test size 320 (the last entry), a new one every 10 iterations; flips and
+#: photometric distortion without hue jitter.
 TRICKS: dict[str, list[str]] = {
     "mixup": ["data.mixup_prob=1.0", "data.mixup_alpha=1.5", "data.mixup_off_last_epochs=1"],
     "label smoothing": ["roi_head.label_smoothing=0.1"],
     "random shapes": ["model.min_size=[256,288,352,384,320]", "model.size_period=10"],
-    # no hue jitter: the built-in dataset's classes are colours (docs/training-tricks.md#augmentation)
-    "augmentation": [
-        "data.augment=[hflip,color_jitter,scale_jitter,iou_crop]",
-        "data.color_jitter=[0.125,0.5,0.5,0]",
-    ],
+    # flips and photometric distortion, no hue jitter: the built-in dataset's classes are colours
+    # (docs/training-tricks.md#augmentation); no crop or zoom (the paper's two-stage recipe)
+    "augmentation": ["data.augment=[hflip,color_jitter]", "data.color_jitter=[0.125,0.5,0.5,0]"],
 }
 
 #: Row name -> (preset, overrides). Every row trains on the same data with the same budget.
@@ -107,9 +105,14 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "faster_rcnn_tiny + label smoothing": ("faster_rcnn_tiny.yaml", TRICKS["label smoothing"]),
     "faster_rcnn_tiny + random shapes": ("faster_rcnn_tiny.yaml", TRICKS["random shapes"]),
     "faster_rcnn_tiny + augmentation": ("faster_rcnn_tiny.yaml", TRICKS["augmentation"]),
-    "faster_rcnn_tiny + augmentation with hue jitter": (
+    # SSD's geometric augmentation (zoom, IoU crop) on top, without and with SSD's +-18 degrees of hue
+    "faster_rcnn_tiny + SSD augmentation": (
         "faster_rcnn_tiny.yaml",
-        ["data.augment=[hflip,color_jitter,scale_jitter,iou_crop]"],  # SSD's +-18 degrees of hue
+        ["data.augment=[hflip,color_jitter,scale_jitter,iou_crop]", "data.color_jitter=[0.125,0.5,0.5,0]"],
+    ),
+    "faster_rcnn_tiny + SSD augmentation with hue jitter": (
+        "faster_rcnn_tiny.yaml",
+        ["data.augment=[hflip,color_jitter,scale_jitter,iou_crop]"],
     ),
     "faster_rcnn_tiny + all tricks": ("faster_rcnn_freebies.yaml", []),  # = every TRICKS override
 }
