@@ -32,6 +32,7 @@ from hardmine.data.problems import (
     WARNING,
     Problem,
     ProblemLog,
+    SplitsProblems,
 )
 from hardmine.data.records import DatasetIndex
 from hardmine.errors import DataError
@@ -46,21 +47,13 @@ _PARALLEL_FROM = 64
 
 
 @dataclass
-class DatasetCheck:
+class DatasetCheck(SplitsProblems):
     """One dataset's check: what could be read of it (`index`, None when nothing could) and every
     problem found, in the order found."""
 
     path: Path
     index: DatasetIndex | None
     problems: list[Problem] = field(default_factory=list)
-
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.is_error]
-
-    @property
-    def warnings(self) -> list[Problem]:
-        return [p for p in self.problems if not p.is_error]
 
     @property
     def fatal(self) -> list[Problem]:

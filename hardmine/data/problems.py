@@ -51,7 +51,21 @@ class Problem:
         return ": ".join([*parts, self.message])
 
 
-class ProblemLog:
+class SplitsProblems:
+    """`errors` and `warnings` of a class that keeps its problems in `self.problems`."""
+
+    problems: list[Problem]
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.is_error]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if not p.is_error]
+
+
+class ProblemLog(SplitsProblems):
     """Collects the problems of one source (`context`: its path) for one report or one DataError."""
 
     def __init__(self, context: str) -> None:
@@ -77,14 +91,6 @@ class ProblemLog:
     ) -> None:
         """Record a warning: suspicious but usable; training goes on whatever the policy."""
         self.add(message, record=record, file=file, kind=kind, image_id=image_id, severity=WARNING)
-
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.is_error]
-
-    @property
-    def warnings(self) -> list[Problem]:
-        return [p for p in self.problems if not p.is_error]
 
     def raise_if_any(self) -> None:
         """Raise one DataError naming `context` and listing the first `MAX_LISTED` errors."""

@@ -40,9 +40,17 @@ def test_every_process_draws_the_same_sizes_whatever_its_rng_state():
 
 
 def test_one_size_is_inactive_and_leaves_torchvision_in_charge():
-    transform = DetectionTransform(320, 320)
-    assert RandomShapes((320,)).apply(torch.nn.Module(), 5) is None
-    assert transform.train_size is None
+    model = torch.nn.Module()
+    model.transform = DetectionTransform(320, 320)
+    assert RandomShapes((320,)).apply(model, 5) is None
+    assert model.transform.train_size is None  # torchvision's own resize: every image to 320
+    batch, _ = model.transform.train()([torch.rand(3, 160, 160)])
+    assert batch.image_sizes == [(320, 320)]
+
+
+def test_a_model_without_a_detection_transform_is_refused():
+    with pytest.raises(TypeError, match="random shapes need a DetectionTransform; Module has none"):
+        RandomShapes(SIZES).apply(torch.nn.Module(), 0)
 
 
 def test_the_transform_resizes_the_batch_to_the_drawn_size_with_a_proportional_cap():
