@@ -31,7 +31,7 @@ def _split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from hardmine.engine.distributed import env_rank
+    from hardmine.distributed import env_rank
     from hardmine.engine.trainer import format_result, train
 
     path, overrides = _split_config_and_overrides(args.items)

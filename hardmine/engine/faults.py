@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 from torch.optim import Optimizer
 
-from hardmine.engine.distributed import any_process
+from hardmine.distributed import any_process
 from hardmine.errors import TrainingDiverged
 
 #: Names shown in a message before "(+N more)".

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from hardmine.engine.distributed import is_distributed
+from hardmine.distributed import is_distributed
 
 
 class _SumOverProcesses(torch.autograd.Function):

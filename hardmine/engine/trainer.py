@@ -6,7 +6,7 @@ permutation seeded by (seed, e), and augmentation of image i in epoch e is seede
 exactly where the run stopped (bit-exact on CPU in deterministic mode).
 
 Under torchrun every process trains on its slice of each global batch in a DistributedDataParallel
-wrapper of the model, and rank 0 writes the run's files (`hardmine.engine.distributed`,
+wrapper of the model, and rank 0 writes the run's files (`hardmine.distributed`,
 docs/distributed.md). A single process never touches torch.distributed.
 """
 
@@ -31,13 +31,13 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from hardmine import distributed
 from hardmine.config import Config, dump_yaml, validate
 from hardmine.data.dataset import DetectionDataset, collate_detection
 from hardmine.data.mixup import MixupOptions
 from hardmine.data.records import DatasetIndex
 from hardmine.data.sources import load_checked_splits
 from hardmine.data.transforms import AugmentOptions
-from hardmine.engine import distributed
 from hardmine.engine.checkpoint import (
     FINAL,
     LAST,

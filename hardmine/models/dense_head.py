@@ -48,7 +48,7 @@ from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.retinanet import RetinaNetClassificationHead, RetinaNetRegressionHead
 from torchvision.ops import generalized_box_iou_loss
 
-from hardmine.engine.distributed import sum_over_processes, world_size
+from hardmine.distributed import sum_over_processes, world_size
 from hardmine.losses import (
     GHMC,
     GHMR,

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import MultiScaleRoIAlign, batched_nms
 
-from hardmine.engine.distributed import batch_normaliser
+from hardmine.distributed import batch_normaliser
 from hardmine.losses.guided import guided_loss_scale
 from hardmine.losses.per_sample import CLS_LOSSES, REG_LOSSES
 from hardmine.losses.smoothing import check_label_smoothing

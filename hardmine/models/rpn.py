@@ -22,7 +22,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers
 
-from hardmine.engine.distributed import batch_normaliser
+from hardmine.distributed import batch_normaliser
 from hardmine.losses.guided import guided_loss_scale
 from hardmine.models.matching import (
     candidate_box_weights,
