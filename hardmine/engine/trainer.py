@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from hardmine import distributed
-from hardmine.config import Config, dump_yaml, validate
+from hardmine.config import Config, dump_yaml, saved_config_with_defaults, validate
 from hardmine.data.dataset import DetectionDataset, collate_detection
 from hardmine.data.mixup import MixupOptions
 from hardmine.data.records import DatasetIndex
@@ -391,7 +391,7 @@ def _train_process(cfg: Config, resume: bool, run: distributed.ProcessContext) -
         ckpt = load_checkpoint(ckpt_path, map_location=device)
         require_keys(ckpt, RESUME_KEYS, ckpt_path)
         _check_world_size(ckpt, run, ckpt_path)
-        saved_config = _with_defaults(Config().to_dict(), ckpt["config"])
+        saved_config = saved_config_with_defaults(ckpt["config"])
         diff = _config_diff(_resume_relevant(saved_config), _resume_relevant(cfg.to_dict()))
         if diff:
             raise CheckpointError(f"--resume: {ckpt_path} was written with a different config: {diff}")
@@ -590,16 +590,6 @@ RESUME_FREE_KEYS = {
 }
 #: What a checkpoint needs to resume training from it.
 RESUME_KEYS = ("iteration", "model", "optimizer", "scheduler", "rng", "config")
-
-
-def _with_defaults(defaults: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
-    """`saved` (a checkpoint's config) completed with `defaults` for keys added since it was written."""
-    out = dict(defaults)
-    for key, value in saved.items():
-        base = defaults.get(key)
-        both_sections = isinstance(base, dict) and isinstance(value, dict)
-        out[key] = _with_defaults(base, value) if both_sections else value
-    return out
 
 
 def _silent(text: str) -> None:
