@@ -97,8 +97,9 @@ with distributed.process_group("gloo", torch.device("cpu")) as run:
     checks["nan_on_rank1"] = [outcome.ok, outcome.reason]
     outcome = guarded_step(model, optimizer, {"loss": ddp(x * (rank + 1)).sum()})
     checks["next_step"] = [outcome.ok, model.weight.detach().flatten().tolist()]
-    head = DenseHead(8, 1, 2)
-    checks["normaliser"] = float(head._foreground_normaliser(torch.tensor(3 if rank == 0 else 0)))
+    plain, ema = DenseHead(8, 1, 2, normalizer_momentum=0.0), DenseHead(8, 1, 2)
+    checks["normaliser"] = float(plain._foreground_normaliser(torch.tensor(3 if rank == 0 else 0)))
+    checks["ema_normaliser"] = float(ema._foreground_normaliser(torch.tensor(3 if rank == 0 else 0)))
     checks["averaged"] = distributed.average_scalars({"loss": float(rank), f"only_on_{rank}": 1.0})
     with distributed.main_process_first("the test file"):
         if rank == 0:
@@ -163,7 +164,7 @@ def _torchrun(out: Path, *args: str) -> Launch:
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(Path(__file__).parents[2]),
+        "PYTHONPATH": str(Path(__file__).parents[1]),
         "TWO_STAGE_EXACT": json.dumps(TWO_STAGE_EXACT),
     }
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
@@ -331,6 +332,8 @@ def test_collectives_decide_alike_on_every_process(driver):
     assert first["next_step"][0] and first["next_step"] == second["next_step"]  # averaged gradients
     # foreground counts 3 and 0: the global count 3, divided by the 2 processes DDP averages over
     assert first["normaliser"] == second["normaliser"] == 1.5
+    # the EMA moves by the global count (3) on every process: (0.9 * 100 + 0.1 * 3) / 2 processes
+    assert first["ema_normaliser"] == second["ema_normaliser"] == pytest.approx((0.9 * 100 + 0.1 * 3) / 2)
     assert first["averaged"] == {"loss": 0.5, "only_on_0": 1.0, "only_on_1": 1.0}
     assert first["main_first"] == second["main_first"] == "rank 0 was first"
     assert first["gathered"] == [0, 10] and second["gathered"] is None

@@ -36,6 +36,7 @@ from torchvision.models.detection.transform import resize_boxes
 from hardmine.config import Config
 from hardmine.data.dataset import DetectionDataset, Target
 from hardmine.data.records import DatasetIndex, ImageRecord
+from hardmine.engine.faults import BufferSnapshot
 from hardmine.engine.trainer import load_split_proposals
 from hardmine.errors import ConfigError, DataError, HardmineError
 from hardmine.models.build import build_sampler
@@ -246,9 +247,11 @@ def sampler_name(sampler: Sampler) -> str:
 def _read_only_training(model: nn.Module, device: torch.device, seed: int) -> Iterator[None]:
     """Training mode for the heads' losses without changing `model` (see the module docstring).
 
-    RNG draws (e.g. a random sampler's) are seeded by `seed` inside `fork_rng`.
+    RNG draws (e.g. a random sampler's) are seeded by `seed` inside `fork_rng`; buffers that a
+    training forward moves (the dense head's foreground-count EMA, GHM's bin counts) are restored.
     """
     modes = {module: module.training for module in model.modules()}
+    buffers = BufferSnapshot(model)
     head_stats = {name: head.last_stats for name, head in model.heads.items()}
     model.train()
     for module in model.modules():
@@ -260,6 +263,7 @@ def _read_only_training(model: nn.Module, device: torch.device, seed: int) -> It
             torch.manual_seed(seed)
             yield
     finally:
+        buffers.restore()
         for module, training in modes.items():
             module.training = training
         for name, head in model.heads.items():
