@@ -22,6 +22,7 @@ from hardmine.data.transforms import AUGMENT_STEPS
 from hardmine.errors import ConfigError
 from hardmine.losses.per_sample import CLS_LOSSES, REG_LOSSES
 from hardmine.models.merge import MERGE_METHODS
+from hardmine.models.torchvision_detectors import TORCHVISION_DETECTORS, check_torchvision_detector
 from hardmine.sampling import SAMPLERS
 
 
@@ -72,7 +73,15 @@ class ModelConfig:
     pretrained: bool = opt(
         False, "load ImageNet backbone weights from the local torch hub cache (never downloads)"
     )
-    trainable_layers: int = opt(3, "pretrained backbones: how many stages (from the top) are trained")
+    torchvision_detector: str = opt(
+        "",
+        "start from this torchvision COCO-pretrained detector (architecture and weights, from the torch "
+        "hub cache; never downloads); its class layers are new; '' = off (docs/pretrained.md)",
+        ("", *TORCHVISION_DETECTORS),
+    )
+    trainable_layers: int = opt(
+        3, "pretrained backbones and torchvision detectors: how many stages (from the top) are trained"
+    )
     fpn_channels: int = opt(0, "FPN width; 0 = the backbone's default")
     sync_bn: bool = opt(
         False,
@@ -740,6 +749,8 @@ def validate(cfg: Config) -> None:
     if cfg.model.arch == "fast_rcnn":
         _require(bool(cfg.data.train_proposals), "data.train_proposals", "Fast R-CNN needs a proposals file")
     _validate_test_time_and_mining(cfg)
+    if cfg.model.torchvision_detector:
+        check_torchvision_detector(cfg.to_dict(), Config().to_dict())
 
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")

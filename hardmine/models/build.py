@@ -18,6 +18,7 @@ from hardmine.models.iterative import IterativeRegression
 from hardmine.models.retinanet import RetinaNet
 from hardmine.models.roi_head import RoIHead
 from hardmine.models.rpn import RPN
+from hardmine.models.torchvision_detectors import load_torchvision_detector
 from hardmine.models.transform import DetectionTransform
 from hardmine.models.two_stage import TwoStageDetector
 from hardmine.sampling import SAMPLERS, IoUThresholds, Sampler
@@ -82,14 +83,20 @@ def _hard_negative_upweight(cfg: Config) -> HardNegativeUpweight:
 
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
     """A detector for `num_classes` object classes (labels 1..C) as the config describes."""
-    backbone = build_backbone(
-        cfg.model.backbone,
-        pretrained=cfg.model.pretrained,
-        trainable_layers=cfg.model.trainable_layers,
-        fpn_channels=cfg.model.fpn_channels or None,
-    )
+    # A torchvision COCO detector provides the architecture's modules, with its weights.
+    coco = cfg.model.torchvision_detector
+    pretrained = load_torchvision_detector(coco, cfg.model.trainable_layers) if coco else None
+    if pretrained is None:
+        backbone = build_backbone(
+            cfg.model.backbone,
+            pretrained=cfg.model.pretrained,
+            trainable_layers=cfg.model.trainable_layers,
+            fpn_channels=cfg.model.fpn_channels or None,
+        )
+        anchors = _anchor_generator(cfg, backbone)
+    else:
+        backbone, anchors = pretrained.backbone, pretrained.anchor_generator
     transform = DetectionTransform(tuple(cfg.model.min_size), cfg.model.max_size)
-    anchors = _anchor_generator(cfg, backbone)
     if cfg.model.arch == "retinanet":
         d = cfg.dense_head
         head = DenseHead(
@@ -121,6 +128,8 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
             head_norm=d.head_norm,
             hard_negatives=_hard_negative_upweight(cfg),
         )
+        if pretrained is not None:
+            pretrained.init_dense_head(head)
         return RetinaNet(
             backbone,
             head,
@@ -132,12 +141,17 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
             topk_candidates=d.topk_candidates,
         )
     r = cfg.roi_head
-    roi_pool = MultiScaleRoIAlign(backbone.feature_names, r.roi_output_size, r.sampling_ratio)
-    box_head = TwoMLPHead(backbone.out_channels * r.roi_output_size**2, r.representation_size)
+    if pretrained is None:
+        roi_pool = MultiScaleRoIAlign(backbone.feature_names, r.roi_output_size, r.sampling_ratio)
+        box_head = TwoMLPHead(backbone.out_channels * r.roi_output_size**2, r.representation_size)
+        box_features = r.representation_size
+    else:
+        roi_pool, box_head = pretrained.box_roi_pool, pretrained.box_head
+        box_features = pretrained.box_head_features
     roi_head = RoIHead(
         roi_pool,
         box_head,
-        FastRCNNPredictor(r.representation_size, num_classes + 1),
+        FastRCNNPredictor(box_features, num_classes + 1),
         sampler=build_sampler(r),
         cls_loss=r.cls_loss,
         reg_loss=r.reg_loss,
@@ -159,9 +173,13 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
     rpn = None
     if cfg.model.arch == "faster_rcnn":
         p = cfg.rpn
+        if pretrained is None:
+            rpn_head = RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0])
+        else:
+            rpn_head = pretrained.rpn_head
         rpn = RPN(
             anchors,
-            RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0]),
+            rpn_head,
             sampler=build_sampler(p),
             pre_nms_top_n={"training": p.pre_nms_top_n_train, "testing": p.pre_nms_top_n_test},
             post_nms_top_n={"training": p.post_nms_top_n_train, "testing": p.post_nms_top_n_test},
