@@ -98,8 +98,10 @@ OHEM_RANKING = ("cls+box", "cls")
 class OHEMConfig:
     """Options of `sampler=ohem` (Shrivastava et al., CVPR 2016); defaults are the paper's."""
 
-    batch_size_per_image: int = opt(64, "B per image; per batch the top B x images are kept (paper: 128 / 2)")
-    per_image: bool = opt(False, "select the top B in each image instead of over the whole batch")
+    batch_size_per_image: int = opt(64, "B per image (paper: B/N = 128 / 2)")
+    per_image: bool = opt(
+        True, "the top B of each image (paper); false = the top B x images pooled over the whole batch"
+    )
     nms_thresh: float | None = opt(
         0.7, "NMS IoU among candidates, loss as score, per image and label; null = off"
     )
@@ -259,9 +261,11 @@ class DenseHeadConfig:
     ghmr_momentum: float = opt(0.7, "GHM-R: EMA momentum of the bin counts; 0 = off (official: 0.7)")
     ghmr_loss_weight: float = opt(10.0, "GHM-R: weight of the box loss (official: 10)")
     normalizer_momentum: float = opt(
-        0.0,
-        "EMA momentum of the foreground-count loss normaliser across iterations; 0 = off (detectron2: 0.9)",
+        0.9,
+        "EMA momentum of the foreground-count loss normaliser across iterations (detectron2: 0.9); "
+        "0 = each batch's own count, which an image batch without objects turns into a loss spike",
     )
+    normalizer_init: float = opt(100.0, "starting value of that EMA (detectron2: 100)")
     prior_prob: float = opt(0.01, "initial foreground probability of the classification bias")
     guided_loss: float = guided_loss_opt()
     bias_init: str = opt(
@@ -713,6 +717,7 @@ def validate(cfg: Config) -> None:
     _require(0.0 < d.prior_prob < 1.0, "dense_head.prior_prob", "must be in (0, 1)")
     _require(d.focal_alpha <= 1.0, "dense_head.focal_alpha", "must be in [0, 1], or negative (off)")
     _require(0.0 <= d.normalizer_momentum < 1.0, "dense_head.normalizer_momentum", "must be in [0, 1)")
+    _require(d.normalizer_init > 0, "dense_head.normalizer_init", "must be > 0")
     for key in ("ghmc", "ghmr"):
         _require(getattr(d, f"{key}_bins") >= 1, f"dense_head.{key}_bins", "must be >= 1")
         _require(

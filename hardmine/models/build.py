@@ -113,6 +113,7 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
             ghmr_momentum=d.ghmr_momentum,
             ghmr_loss_weight=d.ghmr_loss_weight,
             normalizer_momentum=d.normalizer_momentum,
+            normalizer_init=d.normalizer_init,
             prior_prob=d.prior_prob,
             guided_loss=d.guided_loss,
             class_adaptive_thresh=d.class_adaptive_thresh,

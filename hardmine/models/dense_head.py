@@ -17,10 +17,12 @@ Training, per batch:
    per-box "weights" of mixup for foreground; loss-ranking samplers rank by these weighted losses
    too) and divided by a normaliser.
 
-Normalisers. Focal, BCE and the box losses l1 / smooth_l1 / giou / balanced_l1 are divided by the
-number of sampled foreground anchors (at least 1), or, with `normalizer_momentum` > 0, by its
-exponential moving average across training iterations (detectron2's RetinaNet; the buffer
-`normalizer` starts at the first iteration's count). The GHM losses instead keep their own
+Normalisers. Focal, BCE and the box losses l1 / smooth_l1 / giou / balanced_l1 are divided by an
+exponential moving average of the number of sampled foreground anchors across training iterations
+(detectron2's RetinaNet: the buffer `normalizer` starts at `normalizer_init` = 100 and moves with
+`normalizer_momentum` = 0.9), so that a batch whose images hold no object, with no foreground anchor
+at all, does not turn the background's summed loss into the whole loss; with `normalizer_momentum` =
+0 the divisor is each batch's own count (at least 1). The GHM losses instead keep their own
 normalisation, as in their authors' code: GHM-C divides by its number of valid elements (sampled
 anchors x classes) and GHM-R by its number of valid box coordinates (4 x sampled foreground
 anchors), each at least 1; the GHM-R loss is then multiplied by `ghmr_loss_weight` (10 in the
@@ -178,7 +180,8 @@ class DenseHead(nn.Module):
         ghmr_bins: int = 10,
         ghmr_momentum: float = 0.7,
         ghmr_loss_weight: float = 10.0,
-        normalizer_momentum: float = 0.0,
+        normalizer_momentum: float = 0.9,
+        normalizer_init: float = 100.0,
         prior_prob: float = 0.01,
         guided_loss: float = 0.0,
         class_adaptive_thresh: bool = False,
@@ -195,6 +198,8 @@ class DenseHead(nn.Module):
             raise ValueError(f"unknown reg_loss {reg_loss!r}; choose from {sorted(REG_LOSS_NAMES)}")
         if not 0.0 <= normalizer_momentum < 1.0:
             raise ValueError(f"normalizer_momentum must be in [0, 1), got {normalizer_momentum}")
+        if normalizer_init <= 0:
+            raise ValueError(f"normalizer_init must be > 0, got {normalizer_init}")
         if head_norm not in ("group", "none"):
             raise ValueError(f"head_norm must be 'group' or 'none', got {head_norm!r}")
         if not 0 <= num_convs <= 4:
@@ -228,9 +233,10 @@ class DenseHead(nn.Module):
         self.reg_beta = balanced_l1_beta if reg_loss == "balanced_l1" else smooth_l1_beta
         self.ghmr_loss_weight = ghmr_loss_weight
         self.normalizer_momentum = normalizer_momentum
-        # EMA of the foreground count (0 = not started); a buffer, so it is saved and resumed.
+        # EMA of the foreground count; a buffer, so it is saved and resumed.
         self.normalizer: Tensor | None
-        self.register_buffer("normalizer", torch.zeros(()) if normalizer_momentum > 0 else None)
+        ema = torch.tensor(float(normalizer_init)) if normalizer_momentum > 0 else None
+        self.register_buffer("normalizer", ema)
         self.low_quality_matches = low_quality_matches
         self.box_coder = BoxCoder(box_coder_weights)
         self.guided_loss = guided_loss
@@ -290,7 +296,8 @@ class DenseHead(nn.Module):
         return cls, reg
 
     def _foreground_normaliser(self, num_fg: Tensor) -> Tensor:
-        """max(num_fg, 1), or its EMA across training iterations with `normalizer_momentum` > 0.
+        """The EMA of max(num_fg, 1) across training iterations, updated by this batch's count in
+        training (read without updating in eval mode); max(num_fg, 1) with `normalizer_momentum` 0.
 
         In a distributed run the count is the global batch's (summed over the processes) and the
         normaliser is divided by the number of processes: DDP averages the processes' gradients, and
@@ -305,9 +312,8 @@ class DenseHead(nn.Module):
             return count if processes == 1 else count / processes
         if self.training:
             m = self.normalizer_momentum
-            started = self.normalizer > 0
-            self.normalizer.copy_(torch.where(started, m * self.normalizer + (1 - m) * count, count))
-        normaliser = torch.where(self.normalizer > 0, self.normalizer, count)  # not started (eval): the count
+            self.normalizer.copy_(m * self.normalizer + (1 - m) * count)
+        normaliser = self.normalizer.clone()  # the buffer moves on next step; autograd keeps this value
         return normaliser if processes == 1 else normaliser / processes
 
     def loss(

@@ -17,8 +17,9 @@ foreground only), each summed with the per-sample weights (sampler weights times
 (torchvision's normalisation). Loss-ranking samplers rank by the same weighted losses.
 
 Sampling-free training (`docs/soft-sampling.md`, usually with `sampler=none`): `guided_loss` > 0
-divides the box loss by the number of foreground samples instead (the authors' code) and rescales
-the classification loss each step to `guided_loss` times the box loss's value; `apply_priors` sets
+divides the box loss by the number of foreground box coordinates instead (4 per foreground sample:
+the per-coordinate mean of the authors' code) and rescales the classification loss each step to
+`guided_loss` times the box loss's value (their RoI head: 2); `apply_priors` sets
 the softmax bias so the initial class probabilities are the training set's (background
 1 - N_f / N, each class N_f / (N * C)) and, with `class_adaptive_thresh`, the per-class score
 thresholds (`class_score_thresh`, a buffer) that replace `score_thresh` at inference.
@@ -146,7 +147,8 @@ class RoIHead(nn.Module):
         run the normalisers count the global batch (`batch_normaliser`)."""
         sampled_norm = batch_normaliser(num_sampled)
         cls_loss = (cls * weights).sum() / sampled_norm
-        box_norm = batch_normaliser(int((labels > 0).sum())) if self.guided_loss > 0 else sampled_norm
+        # sampling-free: the mean over foreground box coordinates, as the authors' code
+        box_norm = batch_normaliser(4 * int((labels > 0).sum())) if self.guided_loss > 0 else sampled_norm
         box_loss = (reg * weights).sum() / box_norm
         if self.guided_loss > 0:
             cls_loss = guided_loss_scale(cls_loss, box_loss, self.guided_loss)

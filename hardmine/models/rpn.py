@@ -8,9 +8,10 @@ later the loss-ranking ones through the scoring callable.
 
 Both losses are divided by the number of sampled anchors (torchvision's normalisation). With
 `guided_loss` > 0 (sampling-free training) the box loss is divided by the number of foreground
-anchors instead, as in the sampling-free authors' code, and the objectness loss is rescaled each
-step to `guided_loss` times the box loss's value; `apply_priors` sets the objectness bias to the
-training set's foreground ratio.
+box coordinates instead (4 per foreground anchor: the per-coordinate mean of the sampling-free
+authors' code; their extra factor 0.5 on the RPN's loss is not applied), and the objectness
+loss is rescaled each step to `guided_loss` times the box loss's value; `apply_priors` sets the
+objectness bias to the training set's foreground ratio.
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ class RPN(RegionProposalNetwork):
         )
         fg = labels > 0
         # outside the branch: in a distributed run every process must join the count's all-reduce
-        box_norm = batch_normaliser(int(fg.sum())) if self.guided_loss > 0 else num_sampled
+        box_norm = batch_normaliser(4 * int(fg.sum())) if self.guided_loss > 0 else num_sampled
         if fg.any():
             fg_targets = torch.cat(
                 [regression_targets(i, r.indices[r.labels > 0]) for i, r in enumerate(results)]

@@ -57,7 +57,7 @@ from hardmine.report.results import (
     write_results_csv,
     write_results_json,
 )
-from hardmine.report.sections import ReportInputs, about, build_sections
+from hardmine.report.sections import ReportInputs, about, build_sections, report_title
 from hardmine.report.spec import CompareSpec, RunSpec, display_path
 
 #: Lines of a failed run's output shown in the report.
@@ -441,7 +441,7 @@ def compare(spec: CompareSpec, out: Path, invocation: str) -> CompareOutcome:
         )
     finally:
         bars.close()
-    md, page = write_report(spec.title, build_sections(inputs), out)
+    md, page = write_report(report_title(spec.title, inputs.cfg), build_sections(inputs), out)
     write_results_csv(out / "results.csv", records)
     write_results_json(out / "results.json", records, summaries, about(inputs))
     return CompareOutcome(out, records, summaries, md, page)

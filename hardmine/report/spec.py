@@ -2,7 +2,7 @@
 
 A spec is a YAML file (see docs/compare.md and configs/compare/default.yaml):
 
-    title: Sampling strategies on the built-in dataset   # optional; default: the file name
+    title: Sampling strategies  # optional; default: the file name; the report adds the data ("..., on X")
     seeds: 1                # N (seeds 0..N-1) or a list of seeds
     budget: 600             # training iterations of every run (sets solver.max_iter)
     overrides: []           # KEY=VALUE applied to every run, e.g. data.train=... data.val=...
