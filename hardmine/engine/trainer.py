@@ -44,6 +44,9 @@ Batch = tuple[list[Tensor], list[dict[str, Tensor]]]
 
 @dataclass
 class TrainResult:
+    """What a run did: where its files are, how far it got, how fast, its skipped steps and (with an
+    evaluation at the end) its metrics."""
+
     output_dir: Path
     iterations: int
     seconds_per_iter: float
@@ -106,8 +109,11 @@ class Trainer:
     """Trains `model` for iterations `iteration`..`max_iter` - 1 of the batches it is given
     (`batch_size` images per process).
 
-    `checkpoint_extras` go into every checkpoint as they are (the run's config and categories).
-    Checkpoints are written to `out_dir` by rank 0.
+    `amp`: solver.amp; `clip_grad_norm`: solver.clip_grad_norm (0 = no clipping); `shapes`: the
+    input size of each iteration (random shapes; None: the model's own); `max_nonfinite_steps`:
+    stop after this many skipped steps in a row (0 = never). `checkpoint_extras` go into every
+    checkpoint as they are (the run's config and categories). Checkpoints are written to `out_dir`
+    by rank 0.
     """
 
     def __init__(
@@ -129,7 +135,7 @@ class Trainer:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.run, self.out_dir, self.max_iter, self.batch_size = run, out_dir, max_iter, batch_size
         self.amp, self.clip_grad_norm = amp, clip_grad_norm
-        self.shapes = shapes or RandomShapes((1,))
+        self.shapes = shapes
         self.checkpoint_extras = checkpoint_extras or {}
         # fp16 needs loss scaling; its overflow steps are skipped by `guarded_step` (engine/faults.py)
         self.scaler = torch.amp.GradScaler(run.device.type) if amp == "fp16" else None
@@ -187,7 +193,8 @@ class Trainer:
         device = self.run.device
         images = [img.to(device, non_blocking=True) for img in images]
         targets = to_device(targets, device)
-        input_size = self.shapes.apply(self.model, self.iteration)  # random shapes: this batch's size
+        # random shapes: this batch's size
+        input_size = self.shapes.apply(self.model, self.iteration) if self.shapes is not None else None
         buffers = BufferSnapshot(self.model)  # a skipped step must not keep what its forward wrote
         with autocast(self.amp, device):
             losses = self._train_model(images, targets)
@@ -200,7 +207,8 @@ class Trainer:
         self.iteration += 1
         self.scalars = {}
         image_ids = [int(t["image_id"]) for t in targets]
-        self.last = StepRecord(losses, loss, lr, input_size, outcome, image_ids)
+        detached = {k: v.detach() for k, v in losses.items()}  # a skipped step's graph is not kept
+        self.last = StepRecord(detached, loss, lr, input_size, outcome, image_ids)
         self.faults.update(self.iteration, outcome, image_ids)
 
     def request_stop(self, stop: Stop) -> None:
