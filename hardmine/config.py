@@ -405,6 +405,16 @@ class TrainConfig:
     checkpoint_period: int = opt(200, "write a checkpoint every N iterations (and at the end)")
     log_period: int = opt(10, "write a log row every N iterations")
     eval_at_end: bool = opt(True, "evaluate on data.val after training and write metrics.json")
+    eval_period: int = opt(
+        0,
+        "evaluate on data.val every N iterations: AP / AP50 in log.csv and TensorBoard, every metric "
+        "(and the final evaluation's) in eval_history.json; does not change the training; 0 = never",
+    )
+    stop_at: int = opt(
+        0,
+        "stop after iteration N with a checkpoint, the schedule still that of solver.max_iter; "
+        "--resume with a larger value (or 0) continues exactly; 0 = train to solver.max_iter",
+    )
     progress: bool = opt(True, "show a progress bar")
     num_threads: int = opt(0, "torch CPU threads; 0 = torch's default")
     max_nonfinite_steps: int = opt(
@@ -744,6 +754,13 @@ def validate(cfg: Config) -> None:
     )
     _require(cfg.train.checkpoint_period > 0, "train.checkpoint_period", "must be > 0")
     _require(cfg.train.log_period > 0, "train.log_period", "must be > 0")
+    _require(cfg.train.eval_period >= 0, "train.eval_period", "must be >= 0 (0 = never)")
+    _require(cfg.train.stop_at >= 0, "train.stop_at", "must be >= 0 (0 = train to solver.max_iter)")
+    _require(
+        cfg.train.stop_at == 0 or cfg.mining.rounds == 0,
+        "train.stop_at",
+        "stops a single run; bootstrapping (mining.rounds > 0) cannot stop part-way",
+    )
     _require(cfg.eval.batch_size > 0, "eval.batch_size", "must be > 0")
     _validate_limits(cfg)
     if cfg.model.arch == "fast_rcnn":

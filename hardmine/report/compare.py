@@ -40,7 +40,8 @@ from tqdm import tqdm
 
 from hardmine.config import Config, dump_yaml
 from hardmine.engine.checkpoint import FINAL, LAST
-from hardmine.engine.evaluate import PR_CURVE_FILE
+from hardmine.engine.coco_eval import PR_CURVE_FILE
+from hardmine.engine.evaluation import EVAL_HISTORY_FILE
 from hardmine.errors import TrainingInterrupted
 from hardmine.report.document import write_report
 from hardmine.report.figures import make_figures
@@ -212,7 +213,7 @@ class Progress:
 
 #: What a run folder keeps from an earlier attempt that must not outlive a fresh start: stale
 #: results would make a crashed run look finished, a stale checkpoint would be resumed.
-STALE = ("metrics.json", PR_CURVE_FILE, "log.csv", LAST, FINAL, "tensorboard", "run.json")
+STALE = ("metrics.json", PR_CURVE_FILE, EVAL_HISTORY_FILE, "log.csv", LAST, FINAL, "tensorboard", "run.json")
 
 
 def _clear_stale(run_dir: Path) -> None:

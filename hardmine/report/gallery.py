@@ -37,7 +37,8 @@ from hardmine.config import Config
 from hardmine.data.dataset import DetectionDataset, Target
 from hardmine.data.records import DatasetIndex, ImageRecord
 from hardmine.engine.faults import BufferSnapshot
-from hardmine.engine.trainer import load_split_proposals
+from hardmine.engine.inference import checked_split, load_trained
+from hardmine.engine.proposals import load_split_proposals
 from hardmine.errors import ConfigError, DataError, HardmineError
 from hardmine.models.build import build_sampler
 from hardmine.report.draw import GT_COLOR, Color, draw_boxes, draw_legend
@@ -422,3 +423,28 @@ def render_selection(
     if highest_loss > 0:
         return draw_highest_loss(image, selection, highest_loss), selection
     return draw_selection(image, selection, show_all), selection
+
+
+def draw_checkpoint_selection(
+    checkpoint: str | Path,
+    overrides: list[str],
+    image: int | str,
+    head: str | None = None,
+    sampler: str = "ohem",
+    show_all: bool = False,
+    out: str | Path | None = None,
+) -> tuple[Path, Selection]:
+    """`render_selection` with a checkpoint's model (its config with `overrides`) on the image of
+    its data.train with id or file name `image`, drawn to `out` (default:
+    CHECKPOINT_FOLDER/gallery/IMAGE_HEAD_SAMPLER.png). Returns the PNG's path and the selection."""
+    cfg, model, payload, _ = load_trained(checkpoint, overrides)
+    index = checked_split(cfg, payload, "train", checkpoint)
+    record = find_record(index, image)
+    drawing, selection = render_selection(
+        model, cfg, index, record, head=head, sampler=sampler, show_all=show_all
+    )
+    name = f"{Path(record.file_name).stem}_{selection.head}_{selection.sampler}.png"
+    path = Path(out) if out else Path(checkpoint).parent / "gallery" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    drawing.save(path, format="PNG")
+    return path, selection
