@@ -22,10 +22,13 @@ from pathlib import Path
 
 from hardmine.config import Config, load_config
 from hardmine.data.sources import resolve_split
+from hardmine.engine.bootstrap import train_rounds
 from hardmine.engine.checkpoint import FINAL, load_checkpoint, load_model_state
+from hardmine.engine.evaluation import evaluate_model
 from hardmine.engine.inference import resolve_device
 from hardmine.engine.mining import FILE_NAME as MINED_FILE
-from hardmine.engine.trainer import evaluate_model, load_split_proposals, train
+from hardmine.engine.proposals import load_split_proposals
+from hardmine.engine.training import train
 from hardmine.models.build import build_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -169,7 +172,7 @@ def run_row(name: str, seeds: list[int], iters: int, out: Path, extra: list[str]
         key = training_key(cfg)
         if key not in _TRAINED:
             start = time.perf_counter()
-            result = train(cfg)
+            result = (train_rounds if cfg.mining.rounds > 0 else train)(cfg)
             wall = time.perf_counter() - start
             out_dir = Path(result.output_dir)
             mined = out_dir / f"round{cfg.mining.rounds}" / MINED_FILE

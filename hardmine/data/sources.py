@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hardmine.config import DataConfig
-from hardmine.data.check import DatasetCheck, category_difference, check_dataset, check_pair, without_invalid
+from hardmine.data.check import DatasetCheck, check_dataset, check_pair, without_invalid
 from hardmine.data.loading import load_dataset
 from hardmine.data.problems import MAX_LISTED, Problem
 from hardmine.data.records import DatasetIndex
@@ -85,13 +85,6 @@ def resolve_split(data: DataConfig, split: str, say: Callable[[str], None] | Non
     if check.fatal:
         raise DataError(_error_block(f"data.{split} {check.path}", str(check.path), check.fatal))
     return _usable(check, split, say or _print)
-
-
-def check_same_categories(train: DatasetIndex, val: DatasetIndex) -> None:
-    """Training and validation must share the category ids and names, else labels would not match."""
-    difference = category_difference(train, val)
-    if difference:
-        raise DataError(difference)
 
 
 def _print(text: str) -> None:

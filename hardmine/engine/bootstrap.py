@@ -8,7 +8,8 @@ R-CNN's SVMs) that OHEM replaced by online selection:
                          with the regions round 0 trained with; then a training with that file
     ...                  up to roundN
     OUTPUT_DIR/          config.yaml (the whole run), and copies of the last round's
-                         model_final.pt, metrics.json (plus the bootstrapping facts), pr50.json, log.csv
+                         model_final.pt, metrics.json (plus the bootstrapping facts), pr50.json, log.csv,
+                         eval_history.json
 
 As in those methods the model is retrained from the previous round's solution
 (`mining.init=previous`, the default; `scratch` starts every round from a fresh initialisation)
@@ -26,22 +27,18 @@ import shutil
 import time
 from pathlib import Path
 
-from hardmine.config import Config, dump_yaml
-from hardmine.data.sources import resolve_split
+from hardmine import distributed
+from hardmine.config import Config, dump_yaml, validate
 from hardmine.engine.checkpoint import FINAL, LAST, atomic_write, load_checkpoint
-from hardmine.engine.evaluate import PR_CURVE_FILE, write_metrics_json
-from hardmine.engine.inference import load_trained
-from hardmine.engine.mining import (
-    FILE_NAME,
-    merge_mined,
-    mine_model,
-    read_hard_negatives,
-    write_hard_negatives,
-)
-from hardmine.engine.trainer import TrainResult, load_split_proposals, train
+from hardmine.engine.coco_eval import PR_CURVE_FILE, write_metrics_json
+from hardmine.engine.evaluation import EVAL_HISTORY_FILE
+from hardmine.engine.mining import FILE_NAME, mine_checkpoint
+from hardmine.engine.trainer import TrainResult
+from hardmine.engine.training import train
+from hardmine.errors import ConfigError
 
 #: What the run folder holds of its last round, for the tools that read run folders (compare, eval).
-FINAL_COPIES = (FINAL, "metrics.json", PR_CURVE_FILE, "log.csv")
+FINAL_COPIES = (FINAL, "metrics.json", PR_CURVE_FILE, "log.csv", EVAL_HISTORY_FILE)
 #: The entries of a metrics.json that the trainer adds after the metrics.
 RUN_FACTS = (
     "iterations",
@@ -101,28 +98,22 @@ def _result_of_finished(cfg: Config) -> TrainResult:
 
 def mine_round(cfg: Config, r: int, previous_file: str) -> Path:
     """Mine round r-1's final model on data.train into round r's file, merged with `previous_file`."""
-    checkpoint = round_dir(cfg, r - 1) / FINAL
-    prev_cfg, model, _, device = load_trained(checkpoint)
-    index = resolve_split(prev_cfg.data, "train")
-    proposals = load_split_proposals(prev_cfg, "train", index)
     m = cfg.mining
-    mined = mine_model(model, index, device, m.score_thresh, m.iou_thresh, cfg.eval.batch_size, proposals)
-    if previous_file:
-        mined = merge_mined(read_hard_negatives(previous_file, index), mined)
-    return write_hard_negatives(
-        round_dir(cfg, r) / FILE_NAME,
-        index,
-        mined,
-        checkpoint=str(checkpoint),
-        score_thresh=m.score_thresh,
-        iou_thresh=m.iou_thresh,
-        merged_with=previous_file or None,
-    )
+    checkpoint = round_dir(cfg, r - 1) / FINAL
+    out = round_dir(cfg, r) / FILE_NAME
+    return mine_checkpoint(checkpoint, out, m.score_thresh, m.iou_thresh, merge_with=previous_file).path
 
 
 def train_rounds(cfg: Config, resume: bool = False) -> TrainResult:
     """Round 0, then `cfg.mining.rounds` rounds of mining and retraining; the last round's result
-    (its `output_dir` is the run folder, its metrics the last round's)."""
+    (its `output_dir` is the run folder, its metrics the last round's). Single-process only."""
+    validate(cfg)
+    processes = distributed.launch_env()[2]
+    if processes > 1:
+        raise ConfigError(
+            f"mining.rounds={cfg.mining.rounds} (bootstrapping) runs in a single process, not under "
+            f"torchrun (WORLD_SIZE={processes}); train each round with mining.file instead"
+        )
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "config.yaml") as fh:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from hardmine.errors import CheckpointError
+from hardmine.weights import state_dict_mismatch
 
 FORMAT = "hardmine-checkpoint"
 VERSION = 1
@@ -126,19 +127,7 @@ def require_keys(payload: dict[str, Any], keys: tuple[str, ...], source: str | P
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
     """Load a state dict, naming every missing, unexpected or mis-shaped key on mismatch."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(
-        f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in set(own) & set(state)
-        if state[k].shape != own[k].shape
-    )
-    if missing or unexpected or shapes:
-        parts = []
-        for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
-            if keys:
-                shown = ", ".join(keys[:8]) + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "")
-                parts.append(f"{title}: {shown}")
-        raise CheckpointError(f"{source}: the checkpoint does not fit this model; " + "; ".join(parts))
+    differences = state_dict_mismatch(model.state_dict(), state)
+    if differences:
+        raise CheckpointError(f"{source}: the checkpoint does not fit this model; " + "; ".join(differences))
     model.load_state_dict(state)

@@ -1,4 +1,5 @@
-"""Run a detector over a dataset and collect predictions keyed by the dataset's image id."""
+"""Trained detectors: loaded from a checkpoint, checked against a dataset, run over it (predictions
+keyed by the dataset's image id, or RPN proposals)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,13 @@ from torch.utils.data import DataLoader
 
 from hardmine.config import Config, apply_overrides, config_from_dict
 from hardmine.data.dataset import DetectionDataset, collate_detection
-from hardmine.data.records import DatasetIndex
+from hardmine.data.loading import index_of_images
+from hardmine.data.records import Category, DatasetIndex
+from hardmine.data.sources import resolve_split
 from hardmine.engine.checkpoint import load_checkpoint, load_model_state, require_keys
+from hardmine.engine.proposals import load_split_proposals
 from hardmine.engine.tta import TestTimeAugmentation, predict_tta
+from hardmine.errors import HardmineError
 from hardmine.models.build import build_model
 
 Predictions = dict[int, dict[str, Tensor]]
@@ -41,6 +46,22 @@ def load_trained(
     load_model_state(model, payload["model"], str(checkpoint))
     model.to(device).eval()
     return cfg, model, payload, device
+
+
+def trained_categories(payload: dict[str, Any]) -> list[Category]:
+    """The categories a checkpoint's model was trained on, in label order."""
+    return [Category(id=c["id"], name=c["name"], label=c["label"]) for c in payload["categories"]]
+
+
+def checked_split(cfg: Config, payload: dict[str, Any], split: str, checkpoint: str | Path) -> DatasetIndex:
+    """`split` ("train" or "val") of `cfg.data`, which must have the categories (ids and names, in
+    order) that `checkpoint`, whose `payload` this is, was trained on."""
+    index = resolve_split(cfg.data, split)
+    trained = [(c.id, c.name) for c in trained_categories(payload)]
+    data = [(c.id, c.name) for c in index.categories]
+    if trained != data:
+        raise HardmineError(f"{checkpoint} was trained on categories {trained} but {index.source} has {data}")
+    return index
 
 
 @torch.no_grad()
@@ -92,3 +113,53 @@ def predict_dataset(
     finally:
         model.train(was_training)
     return out
+
+
+def predict_checkpoint(
+    checkpoint: str | Path, overrides: list[str], images: list[Path]
+) -> tuple[DatasetIndex, Predictions]:
+    """What a checkpoint's model (its config with `overrides`) detects on `images`, or on its
+    data.val when `images` is empty, with the multi-scale / flip testing of `eval`: the dataset
+    predicted on and the predictions."""
+    cfg, model, payload, device = load_trained(checkpoint, overrides)
+    if images:
+        index = index_of_images(images, trained_categories(payload))
+        proposals = None
+    else:
+        index = checked_split(cfg, payload, "val", checkpoint)
+        proposals = load_split_proposals(cfg, "val", index)
+    if cfg.model.arch == "fast_rcnn" and proposals is None:
+        raise HardmineError(
+            "a Fast R-CNN model predicts on a dataset with a proposals file, not on loose images"
+        )
+    predictions = predict_dataset(
+        model,
+        index,
+        device,
+        batch_size=cfg.eval.batch_size,
+        proposals=proposals,
+        tta=TestTimeAugmentation.from_config(cfg.eval),
+    )
+    return index, predictions
+
+
+def propose_checkpoint(
+    checkpoint: str | Path, overrides: list[str], split: str, top_n: int
+) -> tuple[DatasetIndex, dict[int, dict[str, Tensor]]]:
+    """The RPN proposals of a Faster R-CNN checkpoint on `split` of its data: the dataset and, per
+    image id, the `top_n` best "boxes" and "scores" (for a Fast R-CNN proposals file)."""
+    cfg, model, payload, device = load_trained(checkpoint, overrides)
+    if getattr(model, "rpn", None) is None:
+        raise HardmineError(
+            f"{checkpoint} has no RPN (model.arch={cfg.model.arch}); use a Faster R-CNN model"
+        )
+    index = checked_split(cfg, payload, split, checkpoint)
+    loader = DataLoader(
+        DetectionDataset(index, train=False), batch_size=cfg.eval.batch_size, collate_fn=collate_detection
+    )
+    proposals = {}
+    for images, targets in loader:
+        results = model.propose([img.to(device) for img in images])
+        for t, r in zip(targets, results):
+            proposals[int(t["image_id"])] = {"boxes": r["boxes"][:top_n], "scores": r["scores"][:top_n]}
+    return index, proposals

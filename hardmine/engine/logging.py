@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,19 +11,27 @@ from typing import Any
 class MetricLogger:
     """Append rows to `DIR/log.csv` and scalars to TensorBoard under `DIR/tensorboard`.
 
-    The CSV header is fixed by the first row; on resume rows are appended to the existing file
-    after dropping rows past the resumed iteration (they were written after the last checkpoint)
-    and any row cut short by a killed process.
+    The CSV header is fixed by the first row, plus `columns` that rows fill only now and then
+    (empty cells elsewhere); keys outside the header go to TensorBoard only. On resume rows are
+    appended to the existing file after dropping rows past the resumed iteration (they were written
+    after the last checkpoint) and any row cut short by a killed process.
     """
 
-    def __init__(self, out_dir: Path, resume_from: int | None = None, tensorboard: bool = True) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        resume_from: int | None = None,
+        tensorboard: bool = True,
+        columns: Sequence[str] = (),
+    ) -> None:
         self.path = out_dir / "log.csv"
+        self.columns = list(columns)
         self.fields: list[str] | None = None
         if resume_from is not None and self.path.is_file():
             with self.path.open(newline="") as fh:
                 rows = [r for r in csv.DictReader(fh) if _iteration(r) <= resume_from]
             if rows:
-                self.fields = list(rows[0].keys())
+                self.fields = self._with_columns(list(rows[0].keys()))
                 self._rewrite(rows)
         elif self.path.exists():
             self.path.unlink()
@@ -31,6 +40,9 @@ class MetricLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resume_from)
+
+    def _with_columns(self, fields: list[str]) -> list[str]:
+        return fields + [c for c in self.columns if c not in fields]
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
         assert self.fields is not None
@@ -42,7 +54,7 @@ class MetricLogger:
     def log(self, iteration: int, scalars: dict[str, float]) -> None:
         row = {"iteration": iteration, **{k: f"{v:.6g}" for k, v in scalars.items()}}
         if self.fields is None:
-            self.fields = list(row.keys())
+            self.fields = self._with_columns(list(row.keys()))
             self._rewrite([])
         with self.path.open("a", newline="") as fh:
             csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore").writerow(row)

@@ -35,7 +35,8 @@ from torchvision.ops import box_iou, nms
 
 from hardmine.data.records import DatasetIndex, ImageRecord
 from hardmine.engine.checkpoint import atomic_write
-from hardmine.engine.inference import Predictions, predict_dataset
+from hardmine.engine.inference import Predictions, checked_split, load_trained, predict_dataset
+from hardmine.engine.proposals import load_split_proposals
 from hardmine.errors import DataError
 from hardmine.models.matching import IGNORE_IOF, intersection_over_foreground
 
@@ -117,6 +118,54 @@ def mine_model(
     """Run `model` (single scale, no flip) over `index` and keep its false positives."""
     predictions = predict_dataset(model, index, device, batch_size=batch_size, proposals=proposals)
     return find_false_positives(index, predictions, score_thresh, iou_thresh)
+
+
+@dataclass
+class MiningOutcome:
+    """What `mine_checkpoint` wrote: the file, the dataset mined and its regions per image id."""
+
+    path: Path
+    index: DatasetIndex
+    mined: dict[int, MinedRegions]
+
+    def describe(self) -> str:
+        regions = sum(len(m) for m in self.mined.values())
+        return (
+            f"{regions} false positives on {len(self.mined)} of {len(self.index.records)} images of "
+            f"{self.index.source} written to {self.path}"
+        )
+
+
+def mine_checkpoint(
+    checkpoint: str | Path,
+    out: str | Path,
+    score_thresh: float,
+    iou_thresh: float,
+    overrides: list[str] | None = None,
+    data: str = "",
+    merge_with: str = "",
+) -> MiningOutcome:
+    """Write the false positives of a checkpoint's model (its config with `overrides`) on its
+    data.train, or on the dataset `data`, to the hard-negative file `out`; with `merge_with` (a
+    hard-negative file of the same dataset) its regions are kept too (`merge_mined`)."""
+    cfg, model, payload, device = load_trained(checkpoint, overrides)
+    if data:
+        cfg.data.train = data
+    index = checked_split(cfg, payload, "train", checkpoint)
+    proposals = load_split_proposals(cfg, "train", index)
+    mined = mine_model(model, index, device, score_thresh, iou_thresh, cfg.eval.batch_size, proposals)
+    if merge_with:
+        mined = merge_mined(read_hard_negatives(merge_with, index), mined)
+    path = write_hard_negatives(
+        out,
+        index,
+        mined,
+        checkpoint=str(checkpoint),
+        score_thresh=score_thresh,
+        iou_thresh=iou_thresh,
+        merged_with=merge_with or None,
+    )
+    return MiningOutcome(path, index, mined)
 
 
 def merge_mined(a: dict[int, MinedRegions], b: dict[int, MinedRegions]) -> dict[int, MinedRegions]:

@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from hardmine.config import Config
 from hardmine.data.records import DatasetIndex
-from hardmine.errors import DataError
+from hardmine.errors import DataError, HardmineError
 
 FORMAT = "hardmine-proposals"
 
@@ -68,3 +69,15 @@ def load_proposals(path: str | Path, index: DatasetIndex | None = None) -> dict[
             b = out[r.image_id]
             out[r.image_id] = b.clamp(min=0).minimum(torch.tensor([r.width, r.height, r.width, r.height]))
     return out
+
+
+def load_split_proposals(cfg: Config, split: str, index: DatasetIndex) -> dict[int, Tensor] | None:
+    """Fast R-CNN's proposals for `split` ("train" or "val") of `index` (None for other detectors)."""
+    if cfg.model.arch != "fast_rcnn":
+        return None
+    path = cfg.data.train_proposals if split == "train" else (cfg.data.val_proposals or "")
+    if not path:
+        raise HardmineError(
+            f"model.arch=fast_rcnn needs data.{split}_proposals (write one with hardmine proposals)"
+        )
+    return load_proposals(path, index)

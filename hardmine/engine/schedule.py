@@ -6,7 +6,6 @@ chained by SequentialLR) and stepped once per iteration.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 from torch.optim import SGD, Optimizer
 from torch.optim.lr_scheduler import (
@@ -65,20 +64,3 @@ def build_scheduler(optimizer: Optimizer, solver: SolverConfig) -> LRScheduler:
 
 def current_lr(optimizer: Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
-
-
-def lr_at(solver: SolverConfig, iterations: list[int]) -> list[float]:
-    """Learning rates the schedule gives at the given iterations (for docs and tests)."""
-    param = nn.Parameter(torch.zeros(1))
-    optimizer = SGD([param], lr=solver.lr)
-    scheduler = build_scheduler(optimizer, solver)
-    out, wanted, it = [], sorted(set(iterations)), 0
-    values: dict[int, float] = {}
-    for target in wanted:
-        while it < target:
-            optimizer.step()
-            scheduler.step()
-            it += 1
-        values[target] = current_lr(optimizer)
-    out = [values[i] for i in iterations]
-    return out

@@ -18,7 +18,7 @@ import torch
 from torchvision.ops import box_iou
 
 from hardmine.data.records import DatasetIndex
-from hardmine.engine.evaluate import Predictions, prediction_arrays
+from hardmine.engine.coco_eval import Predictions, prediction_arrays
 
 _FP, _TP, _IGNORED = 0, 1, 2
 

@@ -60,22 +60,26 @@ Outputs = Callable[[list[Tensor] | None], tuple[Tensor, Tensor]]
 
 class SampledNormaliser:
     """torchvision's normalisation (RPN, RoI head): both losses over the number of sampled
-    candidates; with guided loss scaling the box loss over the number of foreground ones instead
-    (the sampling-free authors' code). Counts are the global batch's in a distributed run."""
+    candidates; with guided loss scaling the box loss over the number of foreground box
+    coordinates instead (4 per foreground sample: the per-coordinate mean of the sampling-free
+    authors' code). Counts are the global batch's in a distributed run."""
 
     def __call__(
         self, num_sampled: int, labels: Tensor, guided: bool
     ) -> tuple[Tensor | float, Tensor | float]:
         sampled = batch_normaliser(num_sampled)
         # outside any branch on the data: in a distributed run every process joins the same all-reduces
-        box = batch_normaliser(int((labels > 0).sum())) if guided else sampled
+        box = batch_normaliser(4 * int((labels > 0).sum())) if guided else sampled
         return sampled, box
 
 
 class ForegroundNormaliser(nn.Module):
-    """RetinaNet's normalisation (dense head): both losses over the number of sampled foreground
-    candidates (at least 1), or, with `momentum` > 0, over its exponential moving average across
-    training iterations (detectron2), kept in the buffer `ema` (0 = not started; saved and resumed).
+    """RetinaNet's normalisation (dense head): both losses over an exponential moving average of
+    the number of sampled foreground candidates across training iterations (detectron2: the buffer
+    `ema` starts at `init` = 100 and moves with `momentum` = 0.9; saved and resumed), so that a
+    batch whose images hold no object does not turn the background's summed loss into the whole
+    loss; in eval mode the average is read without moving. With `momentum` = 0: each batch's own
+    count (at least 1).
 
     In a distributed run the count is the global batch's (summed over the processes) and the
     normaliser is divided by the number of processes: DDP averages the processes' gradients, and
@@ -83,12 +87,13 @@ class ForegroundNormaliser(nn.Module):
     reduce_mean(num_pos)). The EMA holds the global count, the same on every process.
     """
 
-    def __init__(self, momentum: float = 0.0) -> None:
+    def __init__(self, momentum: float = 0.9, init: float = 100.0) -> None:
         super().__init__()
         require(0.0 <= momentum < 1.0, "normalizer_momentum", "must be in [0, 1)")
+        require(init > 0, "normalizer_init", "must be > 0")
         self.momentum = momentum
         self.ema: Tensor | None
-        self.register_buffer("ema", torch.zeros(()) if momentum > 0 else None)
+        self.register_buffer("ema", torch.tensor(float(init)) if momentum > 0 else None)
 
     def forward(self, num_sampled: int, labels: Tensor, guided: bool) -> tuple[Tensor, Tensor]:
         num_fg = (labels > 0).sum()
@@ -100,9 +105,8 @@ class ForegroundNormaliser(nn.Module):
             normaliser = count if processes == 1 else count / processes
             return normaliser, normaliser
         if self.training:
-            m = self.momentum
-            self.ema.copy_(torch.where(self.ema > 0, m * self.ema + (1 - m) * count, count))
-        normaliser = torch.where(self.ema > 0, self.ema, count)  # not started (eval): the count
+            self.ema.copy_(self.momentum * self.ema + (1 - self.momentum) * count)
+        normaliser = self.ema.clone()  # the buffer moves on next step; autograd keeps this value
         normaliser = normaliser if processes == 1 else normaliser / processes
         return normaliser, normaliser
 

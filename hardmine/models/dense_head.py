@@ -17,14 +17,16 @@ Training goes through the path every head shares (`hardmine.models.criterion.Hea
    weighted (sampler weights x per-box "weights" of mixup for foreground x `hard_negatives` factors;
    loss-ranking samplers rank by these weighted losses too) and divided by a normaliser.
 
-Normalisers. The losses are divided by the number of sampled foreground anchors (at least 1), or,
-with `normalizer_momentum` > 0, by its exponential moving average across training iterations
-(detectron2's RetinaNet; `ForegroundNormaliser`, whose buffer starts at the first iteration's
-count). The GHM losses instead keep their own normalisation, as in their authors' code: GHM-C
-divides by its number of valid elements (sampled anchors x classes) and GHM-R by its number of
-valid box coordinates (4 x sampled foreground anchors), each at least 1; the GHM-R loss is then
-multiplied by its `loss_weight` (10 in the official config, which makes up for that per-coordinate
-normaliser). The GHM state modules are submodules (`criterion.cls_state`, `criterion.reg_state`),
+Normalisers. The losses are divided by an exponential moving average of the number of sampled
+foreground anchors across training iterations (detectron2's RetinaNet, `ForegroundNormaliser`: the
+buffer starts at `normalizer_init` = 100 and moves with `normalizer_momentum` = 0.9), so that a
+batch whose images hold no object, with no foreground anchor at all, does not turn the
+background's summed loss into the whole loss; with `normalizer_momentum` = 0 the divisor is each
+batch's own count (at least 1). The GHM losses instead keep their own normalisation, as in their
+authors' code: GHM-C divides by its number of valid elements (sampled anchors x classes) and GHM-R
+by its number of valid box coordinates (4 x sampled foreground anchors), each at least 1; the GHM-R
+loss is then multiplied by its `loss_weight` (10 in the official config, which makes up for
+that per-coordinate normaliser). The GHM state modules are submodules (`criterion.cls_state`,
 so their EMA buffers `acc_sum` are state and go into checkpoints; the read-only scoring pass of
 loss-ranking samplers leaves those buffers unchanged.
 
@@ -81,7 +83,8 @@ class DenseHead(nn.Module):
         sampler: Sampler | None = None,
         cls_loss: ClsLoss | None = None,
         reg_loss: RegLoss | None = None,
-        normalizer_momentum: float = 0.0,
+        normalizer_momentum: float = 0.9,
+        normalizer_init: float = 100.0,
         prior_prob: float = 0.01,
         guided_loss: float = 0.0,
         class_adaptive_thresh: bool = False,
@@ -116,7 +119,7 @@ class DenseHead(nn.Module):
             L1() if reg_loss is None else reg_loss,
             self.box_coder,
             prefix="dense",
-            normaliser=ForegroundNormaliser(normalizer_momentum),
+            normaliser=ForegroundNormaliser(normalizer_momentum, normalizer_init),
             guided_loss=guided_loss,
             low_quality_matches=low_quality_matches,
             weight_factors=hard_negatives,

@@ -19,8 +19,9 @@ times the per-box "weights" of mixup, for foreground) and divided by the number 
 candidates (torchvision's normalisation). Loss-ranking samplers rank by the same weighted losses.
 
 Sampling-free training (`docs/soft-sampling.md`, usually with `sampler=none`): `guided_loss` > 0
-divides the box loss by the number of foreground samples instead (the authors' code) and rescales
-the classification loss each step to `guided_loss` times the box loss's value; `apply_priors` sets
+divides the box loss by the number of foreground box coordinates instead (4 per foreground sample:
+the per-coordinate mean of the authors' code) and rescales the classification loss each step to
+`guided_loss` times the box loss's value (their RoI head: 2); `apply_priors` sets
 the softmax bias so the initial class probabilities are the training set's (background
 1 - N_f / N, each class N_f / (N * C)) and, with `class_adaptive_thresh`, the per-class score
 thresholds (`class_score_thresh`, a buffer) that replace `score_thresh` at inference.

@@ -9,9 +9,10 @@ loss-ranking ones; sigmoid BCE on the objectness (one class) and smooth L1 by de
 
 Both losses are divided by the number of sampled anchors (torchvision's normalisation). With
 `guided_loss` > 0 (sampling-free training) the box loss is divided by the number of foreground
-anchors instead, as in the sampling-free authors' code, and the objectness loss is rescaled each
-step to `guided_loss` times the box loss's value; `apply_priors` sets the objectness bias to the
-training set's foreground ratio.
+box coordinates instead (4 per foreground anchor: the per-coordinate mean of the sampling-free
+authors' code; their extra factor 0.5 on the RPN's loss is not applied), and the objectness
+loss is rescaled each step to `guided_loss` times the box loss's value; `apply_priors` sets the
+objectness bias to the training set's foreground ratio.
 """
 
 from __future__ import annotations

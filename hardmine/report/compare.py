@@ -40,7 +40,8 @@ from tqdm import tqdm
 
 from hardmine.config import Config, dump_yaml
 from hardmine.engine.checkpoint import FINAL, LAST
-from hardmine.engine.evaluate import PR_CURVE_FILE
+from hardmine.engine.coco_eval import PR_CURVE_FILE
+from hardmine.engine.evaluation import EVAL_HISTORY_FILE
 from hardmine.errors import TrainingInterrupted
 from hardmine.report.document import write_report
 from hardmine.report.figures import make_figures
@@ -56,7 +57,7 @@ from hardmine.report.results import (
     write_results_csv,
     write_results_json,
 )
-from hardmine.report.sections import ReportInputs, about, build_sections
+from hardmine.report.sections import ReportInputs, about, build_sections, report_title
 from hardmine.report.spec import CompareSpec, RunSpec, display_path
 
 #: Lines of a failed run's output shown in the report.
@@ -212,7 +213,7 @@ class Progress:
 
 #: What a run folder keeps from an earlier attempt that must not outlive a fresh start: stale
 #: results would make a crashed run look finished, a stale checkpoint would be resumed.
-STALE = ("metrics.json", PR_CURVE_FILE, "log.csv", LAST, FINAL, "tensorboard", "run.json")
+STALE = ("metrics.json", PR_CURVE_FILE, EVAL_HISTORY_FILE, "log.csv", LAST, FINAL, "tensorboard", "run.json")
 
 
 def _clear_stale(run_dir: Path) -> None:
@@ -440,7 +441,7 @@ def compare(spec: CompareSpec, out: Path, invocation: str) -> CompareOutcome:
         )
     finally:
         bars.close()
-    md, page = write_report(spec.title, build_sections(inputs), out)
+    md, page = write_report(report_title(spec.title, inputs.cfg), build_sections(inputs), out)
     write_results_csv(out / "results.csv", records)
     write_results_json(out / "results.json", records, summaries, about(inputs))
     return CompareOutcome(out, records, summaries, md, page)

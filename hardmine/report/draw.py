@@ -1,10 +1,11 @@
-"""Boxes drawn on their image: detections as a PNG, and the building blocks of galleries (outlined
-box sets, faint or opaque, and a colour-coded legend), for quick visual checks."""
+"""Boxes drawn on their image: detections as a PNG (one image, or a dataset's predictions), and the
+building blocks of galleries (outlined box sets, faint or opaque, and a colour-coded legend), for quick
+visual checks."""
 
 from __future__ import annotations
 
 import colorsys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,8 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
 from torchvision.utils import draw_bounding_boxes
+
+from hardmine.data.records import DatasetIndex
 
 Color = tuple[int, int, int]
 
@@ -77,6 +80,31 @@ def draw_detections(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     to_pil_image(canvas).save(out_path, format="PNG")
     return out_path
+
+
+def draw_predictions(
+    index: DatasetIndex,
+    predictions: Mapping[int, Mapping[str, Tensor]],
+    out_dir: str | Path,
+    score_thresh: float = 0.3,
+    max_images: int | None = None,
+) -> int:
+    """`draw_detections` for the first `max_images` images of `index` (all with None), each to
+    OUT_DIR/STEM.png; returns how many were drawn."""
+    names = index.class_names()
+    records = index.records if max_images is None else index.records[:max_images]
+    for record in records:
+        pred = predictions[record.image_id]
+        draw_detections(
+            index.image_root / record.file_name,
+            pred["boxes"],
+            pred["labels"],
+            pred["scores"],
+            names,
+            Path(out_dir) / f"{Path(record.file_name).stem}.png",
+            score_thresh=score_thresh,
+        )
+    return len(records)
 
 
 def draw_boxes(

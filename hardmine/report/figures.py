@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hardmine.engine.evaluate import PR_CURVE_FILE, read_pr_curve_json
+from hardmine.engine.coco_eval import PR_CURVE_FILE, read_pr_curve_json
 from hardmine.report.hard_examples import MAIN_HEAD
 from hardmine.report.plots import (
     Bar,

@@ -36,7 +36,9 @@ from torchvision.models.detection.transform import resize_boxes
 from hardmine.config import Config
 from hardmine.data.dataset import DetectionDataset, Target
 from hardmine.data.records import DatasetIndex, ImageRecord
-from hardmine.engine.trainer import load_split_proposals
+from hardmine.engine.faults import BufferSnapshot
+from hardmine.engine.inference import checked_split, load_trained
+from hardmine.engine.proposals import load_split_proposals
 from hardmine.errors import ConfigError, DataError, HardmineError
 from hardmine.models.build import build_sampler
 from hardmine.report.draw import GT_COLOR, Color, draw_boxes, draw_legend
@@ -248,9 +250,11 @@ def sampler_name(sampler: Sampler) -> str:
 def _read_only_training(model: nn.Module, device: torch.device, seed: int) -> Iterator[None]:
     """Training mode for the heads' losses without changing `model` (see the module docstring).
 
-    RNG draws (e.g. a random sampler's) are seeded by `seed` inside `fork_rng`.
+    RNG draws (e.g. a random sampler's) are seeded by `seed` inside `fork_rng`; buffers that a
+    training forward moves (the dense head's foreground-count EMA, GHM's bin counts) are restored.
     """
     modes = {module: module.training for module in model.modules()}
+    buffers = BufferSnapshot(model)
     head_stats = {name: head.last_stats for name, head in model.heads.items()}
     model.train()
     for module in model.modules():
@@ -262,6 +266,7 @@ def _read_only_training(model: nn.Module, device: torch.device, seed: int) -> It
             torch.manual_seed(seed)
             yield
     finally:
+        buffers.restore()
         for module, training in modes.items():
             module.training = training
         for name, head in model.heads.items():
@@ -421,3 +426,28 @@ def render_selection(
     if highest_loss > 0:
         return draw_highest_loss(image, selection, highest_loss), selection
     return draw_selection(image, selection, show_all), selection
+
+
+def draw_checkpoint_selection(
+    checkpoint: str | Path,
+    overrides: list[str],
+    image: int | str,
+    head: str | None = None,
+    sampler: str = "ohem",
+    show_all: bool = False,
+    out: str | Path | None = None,
+) -> tuple[Path, Selection]:
+    """`render_selection` with a checkpoint's model (its config with `overrides`) on the image of
+    its data.train with id or file name `image`, drawn to `out` (default:
+    CHECKPOINT_FOLDER/gallery/IMAGE_HEAD_SAMPLER.png). Returns the PNG's path and the selection."""
+    cfg, model, payload, _ = load_trained(checkpoint, overrides)
+    index = checked_split(cfg, payload, "train", checkpoint)
+    record = find_record(index, image)
+    drawing, selection = render_selection(
+        model, cfg, index, record, head=head, sampler=sampler, show_all=show_all
+    )
+    name = f"{Path(record.file_name).stem}_{selection.head}_{selection.sampler}.png"
+    path = Path(out) if out else Path(checkpoint).parent / "gallery" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    drawing.save(path, format="PNG")
+    return path, selection

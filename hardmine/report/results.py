@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from hardmine.engine.evaluate import METRIC_KEYS
+from hardmine.engine.coco_eval import METRIC_KEYS
 
 #: Per-run cost columns of metrics.json, averaged over seeds like the metrics.
 COST_KEYS = ("seconds_per_iter", "images_per_second", "peak_memory_mb")
@@ -208,12 +208,13 @@ def write_results_json(
 
 
 def read_log_columns(log_csv: Path, columns: Sequence[str]) -> dict[str, np.ndarray]:
-    """`iteration` and each of `columns` present in a run's log.csv, as float arrays."""
+    """`iteration` and each of `columns` present in a run's log.csv, as float arrays; NaN where a
+    row leaves a column empty (e.g. `eval/AP` outside the iterations that evaluated)."""
     with log_csv.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     wanted = ["iteration", *columns]
     present = [c for c in wanted if rows and c in rows[0]]
-    return {c: np.array([float(r[c]) for r in rows]) for c in present}
+    return {c: np.array([float(r[c]) if r[c] else np.nan for r in rows]) for c in present}
 
 
 def mean_over_seeds(

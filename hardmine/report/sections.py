@@ -61,6 +61,19 @@ class ReportInputs:
     generated: str
 
 
+def data_name(cfg: Config) -> str:
+    """A short name of the data a run trains on, for titles: the built-in dataset or the train file."""
+    d = cfg.data
+    if not d.train:
+        return "the built-in dataset"
+    return f"`{d.train}`" if d.val in ("", d.train) else f"`{d.train}` / `{d.val}`"
+
+
+def report_title(title: str, cfg: Config) -> str:
+    """The spec's title followed by the data the runs used (no run trusts a title to say it)."""
+    return f"{title}, on {data_name(cfg)}"
+
+
 def describe_data(cfg: Config) -> str:
     d = cfg.data
     if not d.train:

@@ -2,7 +2,7 @@
 
 A spec is a YAML file (see docs/compare.md and configs/compare/default.yaml):
 
-    title: Sampling strategies on the built-in dataset   # optional; default: the file name
+    title: Sampling strategies  # optional; default: the file name; the report adds the data ("..., on X")
     seeds: 1                # N (seeds 0..N-1) or a list of seeds
     budget: 600             # training iterations of every run (sets solver.max_iter)
     overrides: []           # KEY=VALUE applied to every run, e.g. data.train=... data.val=...
@@ -13,7 +13,7 @@ A spec is a YAML file (see docs/compare.md and configs/compare/default.yaml):
       - name: OHEM          # shown in tables and plots; unique
         family: two-stage   # optional (from model.arch): two-stage (Faster/Fast R-CNN) or one-stage
         preset: faster_rcnn_ohem   # a preset of configs/ (".yaml" optional) or a path to a YAML preset
-        overrides: [roi_head.ohem.nms_thresh=null]
+        overrides: [roi_head.sampler.nms_thresh=null]
 
 A run's config is its preset, then the spec's `overrides`, the run's `overrides`, the command line's
 overrides, and last what the comparison fixes for every run: `solver.max_iter` (the budget),

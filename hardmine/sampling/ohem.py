@@ -11,13 +11,16 @@ candidates it currently gets most wrong. `OHEMSampler.select`:
 4. removes near-duplicates by NMS at IoU `nms_thresh` with the loss as the score, per image and per
    assigned label (background is a group of its own), so that one hard object cannot fill the
    batch with shifted copies of itself;
-5. keeps the top B by loss, pooled over the batch (B * num_images) or per image (`per_image`),
-   optionally with at most a fraction `fg_fraction` of B foreground (background fills the rest).
+5. keeps the top B by loss of each image (`per_image`, the default) or the top B * num_images
+   pooled over the batch, optionally with at most a fraction `fg_fraction` of B foreground
+   (background fills the rest).
 
 The defaults reproduce the paper: foreground at IoU >= 0.5, background at IoU in [0, 0.5)
 (bg_lo = 0, not Fast R-CNN's 0.1: `paper_bg_iou_lo`, used where a head leaves its `bg_iou_lo` unset),
-ranking by cls + box loss, NMS at 0.7, B = 64 per image pooled over the batch (the paper's 128 RoIs
-over 2 images) and no foreground quota. `mode` tells the heads how to train the selection
+ranking by cls + box loss, NMS at 0.7, the top B / N = 64 RoIs of each image (the paper's B = 128
+over N = 2 images: it takes "the B/N examples" of each image, and its released code ran one image
+per pass with `iter_size: 2`) and no foreground quota. Pooling over the batch, where one image can
+take every slot, is an option. `mode` tells the heads how to train the selection
 (`trains_by_loss_mask`), by a second pass with autograd over the selected candidates only
 ("two_pass", the paper's form) or by one pass over all candidates with the others' losses zeroed
 ("loss_mask", the naive variant kept for comparison); the selection itself is the same in both.
@@ -62,8 +65,10 @@ class OHEMSampler(Sampler):
     """
 
     thresholds: IoUThresholds = field(default_factory=lambda: IoUThresholds(fg=0.5, bg_lo=0.0, bg_hi=0.5))
-    batch_size_per_image: int = opt(64, "B per image; per batch the top B x images are kept (paper: 128 / 2)")
-    per_image: bool = opt(False, "select the top B in each image instead of over the whole batch")
+    batch_size_per_image: int = opt(64, "B per image (paper: B/N = 128 / 2)")
+    per_image: bool = opt(
+        True, "the top B of each image (paper); false = the top B x images pooled over the whole batch"
+    )
     nms_thresh: float | None = opt(
         0.7, "NMS IoU among candidates, loss as score, per image and label; null = off"
     )

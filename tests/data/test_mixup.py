@@ -26,7 +26,7 @@ from hardmine.data.mixup import (
 )
 from hardmine.data.records import Category, DatasetIndex, ImageRecord
 from hardmine.data.transforms import AUGMENT_STEPS, AugmentOptions, build_train_transforms
-from hardmine.engine import trainer
+from hardmine.engine import train_data, trainer, training
 from hardmine.errors import ConfigError
 from hardmine.models.transform import DetectionTransform
 
@@ -296,7 +296,7 @@ def test_model_transform_collate_and_device_move_keep_the_weights(index):
     dataset = DetectionDataset(index, train=True, seed=0, mixup=MixupOptions(prob=1.0))
     images, targets = collate_detection([dataset[0], dataset[1]])
     weights = [t["weights"].clone() for t in targets]
-    moved = trainer._to_device(targets, torch.device("cpu"))
+    moved = trainer.to_device(targets, torch.device("cpu"))
     assert all(torch.equal(t["weights"], w) for t, w in zip(moved, weights))
     resized, out = DetectionTransform(32, 64).train()(images, moved)
     assert out is not None and all(torch.equal(t["weights"], w) for t, w in zip(out, weights))
@@ -336,7 +336,7 @@ def test_the_trainer_mixes_until_the_last_epochs(fast_overrides, monkeypatch):
             seen.append((self.epoch, "weights" in item[1]))
             return item
 
-    monkeypatch.setattr(trainer, "DetectionDataset", Spy)
+    monkeypatch.setattr(train_data, "DetectionDataset", Spy)
     overrides = [
         "solver.max_iter=5",
         "train.eval_at_end=false",
@@ -344,7 +344,7 @@ def test_the_trainer_mixes_until_the_last_epochs(fast_overrides, monkeypatch):
         "data.mixup_off_last_epochs=1",
         f"data.augment=[{', '.join(AUGMENT_STEPS)}]",
     ]
-    result = trainer.train(load_config(None, [*fast_overrides, *overrides]))
+    result = training.train(load_config(None, [*fast_overrides, *overrides]))
     assert result.iterations == 5 and result.skipped_steps == 0
     assert built[0].mixup == MixupOptions(prob=1.0, alpha=1.5, off_from_epoch=1)
     assert seen == [(0, True)] * 6 + [(1, False)] * 4

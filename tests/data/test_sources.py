@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hardmine.config import load_config
-from hardmine.data.sources import check_same_categories, ensure_builtin, resolve_split
+from hardmine.data.sources import ensure_builtin, load_checked_splits, resolve_split
 from hardmine.errors import DataError
 from tests.data.test_voc import default_files, make_voc
 
@@ -58,4 +58,4 @@ def test_categories_must_match_between_train_and_val(synth_dir: Path, tmp_path: 
         ],
     )
     with pytest.raises(DataError, match=r"categories differ .* only in train \[\(1, 'red_circle'\)\]"):
-        check_same_categories(resolve_split(cfg.data, "train"), resolve_split(cfg.data, "val"))
+        load_checked_splits(cfg.data)

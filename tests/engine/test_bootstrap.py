@@ -9,7 +9,7 @@ import torch
 from hardmine.cli import main
 from hardmine.config import load_config
 from hardmine.data.loading import load_dataset
-from hardmine.engine import bootstrap, trainer
+from hardmine.engine import bootstrap, training
 from hardmine.engine.inference import load_trained, predict_dataset
 from hardmine.engine.mining import find_false_positives, read_hard_negatives
 from hardmine.models import dense_head, roi_head
@@ -100,15 +100,15 @@ def test_a_one_stage_detector_up_weights_anchors_on_a_mined_file(
             "train.eval_at_end=false",
         ],
     )
-    trainer.train(cfg)
+    training.train(cfg)
     assert factors and set(torch.cat(factors).unique().tolist()) == {1.0, 3.0}
 
 
 def test_bootstrapping_rounds_train_mine_and_retrain_in_subfolders(fast_overrides, tmp_path, monkeypatch):
     loaded = []
-    real_load = trainer.load_model_state
+    real_load = training.load_model_state
     monkeypatch.setattr(
-        trainer, "load_model_state", lambda m, s, where: loaded.append(str(where)) or real_load(m, s, where)
+        training, "load_model_state", lambda m, s, where: loaded.append(str(where)) or real_load(m, s, where)
     )
     cfg = load_config(
         None,
@@ -120,7 +120,7 @@ def test_bootstrapping_rounds_train_mine_and_retrain_in_subfolders(fast_override
             "mining.score_thresh=0",
         ],
     )
-    result = trainer.train(cfg)
+    result = bootstrap.train_rounds(cfg)
     out = Path(cfg.output_dir)
     assert result.output_dir == out and result.iterations == 1 and result.metrics is not None
     for name in (
@@ -144,5 +144,5 @@ def test_bootstrapping_rounds_train_mine_and_retrain_in_subfolders(fast_override
         raise AssertionError("a finished round was trained again")
 
     monkeypatch.setattr(bootstrap, "train", fail)
-    again = trainer.train(cfg, resume=True)
+    again = bootstrap.train_rounds(cfg, resume=True)
     assert again.metrics == pytest.approx(result.metrics)

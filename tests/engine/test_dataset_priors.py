@@ -10,7 +10,7 @@ import torch
 
 from hardmine.config import load_config
 from hardmine.data.sources import resolve_split
-from hardmine.engine import dataset_priors, trainer
+from hardmine.engine import dataset_priors, training
 from hardmine.engine.checkpoint import load_checkpoint
 from hardmine.engine.dataset_priors import (
     PRIORS_FILE,
@@ -98,7 +98,7 @@ def test_sampling_free_training_checkpoints_the_thresholds_for_evaluation(fast_o
         "configs/faster_rcnn_sampling_free.yaml",
         [*for_preset(fast_overrides), "solver.max_iter=2", "rpn.post_nms_top_n_test=20"],
     )
-    result = trainer.train(cfg)
+    result = training.train(cfg)
     out = Path(cfg.output_dir)
     summary = json.loads((out / PRIORS_FILE).read_text())
     assert set(summary) == {"rpn", "roi"}

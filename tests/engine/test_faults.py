@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from hardmine.config import load_config
-from hardmine.engine import trainer
+from hardmine.engine import trainer, training
 from hardmine.engine.checkpoint import load_checkpoint
 from hardmine.engine.faults import BufferSnapshot, NonFiniteSteps, StepOutcome, guarded_step
 from hardmine.errors import TrainingDiverged
@@ -138,7 +138,7 @@ def test_consecutive_limit() -> None:
 def _inject(monkeypatch: pytest.MonkeyPatch, nan_loss: set[int], nan_grad: set[int]) -> None:
     """Make the model's training forward number `n` (1-based) return a NaN loss (n in `nan_loss`) or
     a finite loss with a NaN gradient (n in `nan_grad`)."""
-    real_build = trainer.build_model
+    real_build = training.build_model
 
     def build(cfg, num_classes):
         model = real_build(cfg, num_classes)
@@ -160,13 +160,13 @@ def _inject(monkeypatch: pytest.MonkeyPatch, nan_loss: set[int], nan_grad: set[i
         model.forward = forward
         return model
 
-    monkeypatch.setattr(trainer, "build_model", build)
+    monkeypatch.setattr(training, "build_model", build)
 
 
 def test_nan_loss_and_gradient_steps_are_skipped_counted_and_logged(fast_overrides, monkeypatch, capsys):
     _inject(monkeypatch, nan_loss={2}, nan_grad={4})
     cfg = load_config(None, [*fast_overrides, "solver.max_iter=5", "train.eval_at_end=false"])
-    result = trainer.train(cfg)
+    result = training.train(cfg)
     assert result.iterations == 5 and result.skipped_steps == 2
     err = capsys.readouterr().err
     assert "iteration 2: non-finite loss (loss_" in err and "step skipped (image ids [" in err
@@ -192,7 +192,7 @@ def test_k_consecutive_non_finite_steps_stop_with_the_last_checkpoint_intact(fas
         ],
     )
     with pytest.raises(TrainingDiverged) as info:
-        trainer.train(cfg)
+        training.train(cfg)
     out = Path(cfg.output_dir)
     message = str(info.value)
     assert message.startswith("iteration 4: 2 consecutive steps with a non-finite loss or gradient")
@@ -219,5 +219,5 @@ def test_non_finite_weights_are_never_checkpointed(fast_overrides, monkeypatch):
         None, [*fast_overrides, "solver.max_iter=6", "train.checkpoint_period=2", "train.eval_at_end=false"]
     )
     with pytest.raises(TrainingDiverged, match="iteration 4: the model holds non-finite weights"):
-        trainer.train(cfg)
+        training.train(cfg)
     assert load_checkpoint(Path(cfg.output_dir) / "checkpoint_last.pt")["iteration"] == 2

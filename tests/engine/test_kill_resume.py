@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from hardmine.config import load_config
-from hardmine.engine import trainer
+from hardmine.engine import training
 from hardmine.engine.checkpoint import load_checkpoint
 
 MAX_ITER, PERIOD = 6, 2
@@ -117,7 +117,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(synth_dir, tmp_path
     runs = {name: tmp_path / f"run{k}" for k, name in enumerate(KILLS)}
     processes = {name: _start(KILLS[name][0], _overrides(synth_dir, runs[name])) for name in KILLS}
     reference = tmp_path / "reference"
-    trainer.train(load_config(None, _overrides(synth_dir, reference)))
+    training.train(load_config(None, _overrides(synth_dir, reference)))
     expected = load_checkpoint(reference / "model_final.pt")["model"]
 
     _kill_once_checkpointed(
@@ -134,7 +134,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(synth_dir, tmp_path
         if name == "while writing a checkpoint":
             assert list(out.glob(".checkpoint_last.pt.*.tmp")), "the half-written file should be left"
 
-        trainer.train(load_config(None, _overrides(synth_dir, out)), resume=True)
+        training.train(load_config(None, _overrides(synth_dir, out)), resume=True)
 
         weights = load_checkpoint(out / "model_final.pt")["model"]
         assert weights.keys() == expected.keys()

@@ -11,7 +11,7 @@ import torch
 
 from hardmine.cli import main
 from hardmine.config import load_config
-from hardmine.engine import trainer
+from hardmine.engine import training
 from hardmine.engine.checkpoint import load_checkpoint, save_checkpoint
 from hardmine.errors import CheckpointError
 from tests.conftest import FAST
@@ -28,7 +28,7 @@ def trained(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[
         "solver.max_iter=2",
         "train.eval_at_end=false",
     ]
-    trainer.train(load_config(None, [*overrides, f"output_dir={out / 'run'}"]))
+    training.train(load_config(None, [*overrides, f"output_dir={out / 'run'}"]))
     return out / "run", overrides
 
 
@@ -51,7 +51,7 @@ def test_resume_refuses_weights_of_another_model_naming_the_keys(trained, tmp_pa
         out / "checkpoint_last.pt", {k: v for k, v in payload.items() if k not in ("format", "version")}
     )
     with pytest.raises(CheckpointError) as info:
-        trainer.train(cfg, resume=True)
+        training.train(cfg, resume=True)
     message = str(info.value)
     assert "the checkpoint does not fit this model; missing: backbone." in message
     assert "unexpected: extra.weight" in message and f"shape mismatch: {name} (3, " in message
@@ -63,7 +63,7 @@ def test_resume_refuses_a_checkpoint_without_training_state(trained, tmp_path):
     keep = ("iteration", "model", "config", "categories")
     save_checkpoint(out / "checkpoint_last.pt", {k: payload[k] for k in keep})
     with pytest.raises(CheckpointError, match="the checkpoint lacks optimizer, scheduler, rng"):
-        trainer.train(cfg, resume=True)
+        training.train(cfg, resume=True)
 
 
 def test_resume_accepts_a_checkpoint_written_before_new_options_existed(trained, tmp_path):
@@ -75,13 +75,13 @@ def test_resume_accepts_a_checkpoint_written_before_new_options_existed(trained,
         out / "checkpoint_last.pt", {k: v for k, v in payload.items() if k not in ("format", "version")}
     )
     cfg.train.max_nonfinite_steps = 9  # a free key: may change on resume
-    assert trainer.train(cfg, resume=True).iterations == 2
+    assert training.train(cfg, resume=True).iterations == 2
 
 
 def test_resume_without_a_checkpoint_starts_from_the_beginning(trained, tmp_path, capsys):
     out, cfg = _copy(trained, tmp_path)
     (out / "checkpoint_last.pt").unlink()
-    assert trainer.train(cfg, resume=True).iterations == 2
+    assert training.train(cfg, resume=True).iterations == 2
     assert f"--resume: no checkpoint in {out} yet; training from the start" in capsys.readouterr().err
 
 

@@ -3,10 +3,26 @@
 import math
 
 import pytest
+import torch
 from torch import nn
+from torch.optim import SGD
 
 from hardmine.config import SolverConfig
-from hardmine.engine.schedule import build_optimizer, lr_at
+from hardmine.engine.schedule import build_optimizer, build_scheduler, current_lr
+
+
+def lr_at(solver: SolverConfig, iterations: list[int]) -> list[float]:
+    """The learning rates `build_scheduler` gives at `iterations` (ascending), stepped as the trainer does."""
+    optimizer = SGD([nn.Parameter(torch.zeros(1))], lr=solver.lr)
+    scheduler = build_scheduler(optimizer, solver)
+    out, it = [], 0
+    for target in iterations:
+        while it < target:
+            optimizer.step()
+            scheduler.step()
+            it += 1
+        out.append(current_lr(optimizer))
+    return out
 
 
 def test_warmup_then_cosine():

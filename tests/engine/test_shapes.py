@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hardmine.config import load_config
-from hardmine.engine import trainer
+from hardmine.engine import training
 from hardmine.engine.shapes import RandomShapes
 from hardmine.models.transform import DetectionTransform, scaled_max_size
 
@@ -104,7 +104,7 @@ def test_training_logs_the_drawn_size_of_every_batch(fast_overrides):
             "train.eval_at_end=false",
         ],
     )
-    trainer.train(cfg)
+    training.train(cfg)
     rows = list(csv.DictReader((Path(cfg.output_dir) / "log.csv").open()))
     expected = RandomShapes(tuple(sizes), period=2, seed=cfg.train.seed)
     assert [int(float(r["input_size"])) for r in rows] == [expected.size_at(t) for t in range(6)]

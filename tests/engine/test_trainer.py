@@ -1,4 +1,5 @@
-"""End to end: train + evaluate, logs and diagnostics, exact resume, checkpoint reload."""
+"""The Trainer on a one-weight model (hand-computed steps, hooks, stops), then end to end: train +
+evaluate, logs and diagnostics, exact resume, checkpoint reload."""
 
 import csv
 import json
@@ -7,18 +8,97 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
+from torch.optim import SGD
+from torch.optim.lr_scheduler import ConstantLR
 
 from hardmine.cli import main
 from hardmine.config import load_config
-from hardmine.engine import trainer
+from hardmine.distributed import ProcessContext
+from hardmine.engine import training
 from hardmine.engine.checkpoint import load_checkpoint
-from hardmine.engine.evaluate import METRIC_KEYS
+from hardmine.engine.coco_eval import METRIC_KEYS
+from hardmine.engine.trainer import Hook, Stop, Trainer
 from hardmine.errors import CheckpointError, HardmineError, TrainingInterrupted
+
+
+class OneWeight(nn.Module):
+    """loss = (w * mean(image))^2, so a step of SGD (lr 0.1) is w -= 0.2 * w * mean^2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([1.0]))
+
+    def forward(self, images, targets):
+        return {"loss": (self.w * torch.stack(images).mean()).pow(2).sum()}
+
+
+class Recorder(Hook):
+    def __init__(self, events: list[str], stop_after: int = 0, fail_after: int = 0) -> None:
+        self.events, self.stop_after, self.fail_after = events, stop_after, fail_after
+
+    def before_train(self, trainer):
+        self.events.append("before")
+
+    def after_step(self, trainer):
+        self.events.append(f"step {trainer.iteration} lr {trainer.last.lr:g}")
+        if trainer.iteration == self.fail_after:
+            raise RuntimeError("hook failed")
+        if trainer.iteration == self.stop_after:
+            trainer.request_stop(Stop("enough"))
+
+    def after_train(self, trainer, result):
+        self.events.append("after")
+
+    def close(self):
+        self.events.append("close")
+
+
+def _one_weight_trainer(out: Path) -> Trainer:
+    model = OneWeight()
+    optimizer = SGD(model.parameters(), lr=0.1)
+    run = ProcessContext(0, 0, 1, torch.device("cpu"))
+    scheduler = ConstantLR(optimizer, factor=1.0, total_iters=0)
+    return Trainer(model, optimizer, scheduler, run=run, out_dir=out, max_iter=3, batch_size=1)
+
+
+#: Iteration t's batch: one 2x2 image of value t (1-based).
+BATCHES = [([torch.full((1, 2, 2), float(t))], [{"image_id": torch.tensor(t)}]) for t in (1, 2, 3)]
+
+
+def test_the_trainer_steps_calls_its_hooks_and_stops_with_a_checkpoint(tmp_path):
+    events: list[str] = []
+    full = _one_weight_trainer(tmp_path / "full")
+    result = full.train(BATCHES, [Recorder(events)])
+    # w: 1 -> 1 - 0.2 * 1 = 0.8 -> 0.8 - 0.2 * 0.8 * 4 = 0.16 -> 0.16 - 0.2 * 0.16 * 9 = -0.128
+    assert full.model.w.item() == pytest.approx(-0.128)
+    assert events == ["before", "step 1 lr 0.1", "step 2 lr 0.1", "step 3 lr 0.1", "close", "after"]
+    assert result.iterations == 3 and not result.stopped
+    assert load_checkpoint(tmp_path / "full" / "model_final.pt")["iteration"] == 3
+
+    events.clear()
+    stopped = _one_weight_trainer(tmp_path / "stopped")
+    result = stopped.train(BATCHES, [Recorder(events, stop_after=2)])
+    assert events == ["before", "step 1 lr 0.1", "step 2 lr 0.1", "close"]
+    assert (result.iterations, result.stopped) == (2, "enough")
+    saved = load_checkpoint(tmp_path / "stopped" / "checkpoint_last.pt")
+    assert saved["iteration"] == 2 and float(saved["model"]["w"]) == pytest.approx(0.16)
+    assert not (tmp_path / "stopped" / "model_final.pt").exists()
+
+    resumed = _one_weight_trainer(tmp_path / "stopped")
+    resumed.load_state_dict(saved, tmp_path / "stopped" / "checkpoint_last.pt")
+    resumed.train(BATCHES[2:])
+    assert torch.equal(resumed.model.w, full.model.w)
+
+    events.clear()
+    with pytest.raises(RuntimeError, match="hook failed"):
+        _one_weight_trainer(tmp_path / "failed").train(BATCHES, [Recorder(events, fail_after=1)])
+    assert events == ["before", "step 1 lr 0.1", "close"]  # closed on errors too
 
 
 def test_train_then_eval_writes_metrics_logs_and_checkpoints(fast_overrides, tmp_path, capsys):
     cfg = load_config(None, [*fast_overrides, "solver.max_iter=4", "train.checkpoint_period=2"])
-    result = trainer.train(cfg)
+    result = training.train(cfg)
     out = Path(cfg.output_dir)
     assert result.iterations == 4 and result.metrics is not None
     metrics = json.loads((out / "metrics.json").read_text())
@@ -45,7 +125,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 def test_resume_gives_the_weights_of_an_uninterrupted_run(fast_overrides, tmp_path, monkeypatch):
     base = [*fast_overrides, "solver.max_iter=6", "train.checkpoint_period=2", "train.eval_at_end=false"]
     full = load_config(None, [*base, f"output_dir={tmp_path / 'full'}"])
-    trainer.train(full)
+    training.train(full)
 
     cut = load_config(None, [*base, f"output_dir={tmp_path / 'cut'}"])
     real_step = torch.optim.SGD.step
@@ -59,10 +139,10 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(fast_overrides, tmp_pa
 
     monkeypatch.setattr(torch.optim.SGD, "step", interrupting_step)
     with pytest.raises(TrainingInterrupted, match="stopped by SIGINT after iteration 3"):
-        trainer.train(cut)
+        training.train(cut)
     monkeypatch.setattr(torch.optim.SGD, "step", real_step)
     assert load_checkpoint(tmp_path / "cut" / "checkpoint_last.pt")["iteration"] == 3
-    trainer.train(cut, resume=True)
+    training.train(cut, resume=True)
 
     a, b = _weights(tmp_path / "full" / "model_final.pt"), _weights(tmp_path / "cut" / "model_final.pt")
     assert a.keys() == b.keys()
@@ -74,20 +154,19 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(fast_overrides, tmp_pa
 
 def test_resume_refuses_a_changed_config(fast_overrides):
     cfg = load_config(None, [*fast_overrides, "solver.max_iter=2", "train.eval_at_end=false"])
-    trainer.train(cfg)
+    training.train(cfg)
     changed = load_config(
         None, [*fast_overrides, "solver.max_iter=2", "solver.lr=0.5", "train.eval_at_end=false"]
     )
     with pytest.raises(CheckpointError, match="solver.lr: checkpoint 0.01, now 0.5"):
-        trainer.train(changed, resume=True)
+        training.train(changed, resume=True)
 
 
 @pytest.mark.parametrize("arch", ["faster_rcnn", "retinanet"])
 def test_checkpoint_reload_gives_identical_predictions(arch, fast_overrides, tmp_path):
-    from hardmine.cli import _load_trained
     from hardmine.data.sources import resolve_split
     from hardmine.engine.checkpoint import save_checkpoint
-    from hardmine.engine.inference import predict_dataset
+    from hardmine.engine.inference import load_trained, predict_dataset
     from hardmine.models.build import build_model
 
     cfg = load_config(
@@ -104,7 +183,7 @@ def test_checkpoint_reload_gives_identical_predictions(arch, fast_overrides, tmp
     path = save_checkpoint(
         tmp_path / "m.pt", {"model": model.state_dict(), "config": cfg.to_dict(), "categories": categories}
     )
-    _, reloaded, _, device = _load_trained(str(path), [])
+    _, reloaded, _, device = load_trained(str(path), [])
     after = predict_dataset(reloaded, index, device)
     assert before.keys() == after.keys()
     assert sum(p["boxes"].shape[0] for p in before.values()) > 0
@@ -117,7 +196,7 @@ def test_bf16_autocast_on_cpu_and_fp16_refused(fast_overrides):
     cfg = load_config(
         None, [*fast_overrides, "solver.max_iter=2", "solver.amp=bf16", "train.eval_at_end=false"]
     )
-    result = trainer.train(cfg)
+    result = training.train(cfg)
     assert result.iterations == 2 and result.skipped_steps == 0
     rows = list(csv.DictReader((Path(cfg.output_dir) / "log.csv").open()))
     assert all(torch.isfinite(torch.tensor(float(r["loss"]))) for r in rows)
@@ -126,7 +205,7 @@ def test_bf16_autocast_on_cpu_and_fp16_refused(fast_overrides):
             None, [*fast_overrides, "solver.max_iter=1", "solver.amp=fp16", "train.device=cpu"]
         )
         with pytest.raises(HardmineError, match="fp16 needs a CUDA device"):
-            trainer.train(fp16)
+            training.train(fp16)
 
 
 @pytest.mark.parametrize("arch", ["faster_rcnn", "retinanet"])
@@ -134,7 +213,7 @@ def test_one_training_step_of_each_detector_changes_the_weights(arch, fast_overr
     cfg = load_config(
         None, [*fast_overrides, f"model.arch={arch}", "solver.max_iter=1", "train.eval_at_end=false"]
     )
-    trainer.train(cfg)
+    training.train(cfg)
     trained = _weights(Path(cfg.output_dir) / "model_final.pt")
     from hardmine.models.build import build_model
 
@@ -149,28 +228,6 @@ def test_one_training_step_of_each_detector_changes_the_weights(arch, fast_overr
         assert any(k.startswith(prefix) for k in changed), prefix
 
 
-def test_voc_data_gets_voc_metrics_too(tmp_path):
-    from hardmine.data.records import Category, DatasetIndex, ImageRecord
-
-    record = ImageRecord(image_id=0, file_name="a.png", width=10, height=10)
-    categories = [Category(id=1, name="a", label=1)]
-    cfg = load_config(None, [])
-    for source, expect_voc in ((tmp_path / "x.json", False), (tmp_path / "ImageSets/Main/val.txt", True)):
-        index = DatasetIndex([record], categories, tmp_path, source)
-        metrics = trainer.compute_metrics(
-            cfg,
-            index,
-            {
-                0: {
-                    "boxes": torch.zeros(0, 4),
-                    "scores": torch.zeros(0),
-                    "labels": torch.zeros(0, dtype=torch.long),
-                }
-            },
-        )
-        assert ("VOC07_mAP" in metrics) is expect_voc and "AP" in metrics
-
-
 def test_ohem_sampler_statistics_are_logged(fast_overrides):
     cfg = load_config(
         None,
@@ -182,7 +239,7 @@ def test_ohem_sampler_statistics_are_logged(fast_overrides):
             "train.eval_at_end=false",
         ],
     )
-    trainer.train(cfg)
+    training.train(cfg)
     (row,) = list(csv.DictReader((Path(cfg.output_dir) / "log.csv").open()))
     assert float(row["roi/sampler/num_selected"]) == float(row["roi/num_fg"]) + float(row["roi/num_bg"]) <= 16
     assert float(row["roi/sampler/mean_loss_selected"]) >= float(row["roi/sampler/mean_loss_all"])

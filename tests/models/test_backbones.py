@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from hardmine import weights
 from hardmine.errors import ConfigError
 from hardmine.models.backbones import BACKBONES, build_backbone, default_anchor_sizes
 
@@ -70,6 +71,7 @@ def test_tiny_has_no_pretrained_weights():
 )
 def test_pretrained_without_cache_raises_instead_of_downloading(name, file_name, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(weights, "_offline_files", dict)  # no offline package to seed the cache from
     with pytest.raises(ConfigError, match=file_name) as info:
         build_backbone(name, pretrained=True)
     assert str(tmp_path / "hub" / "checkpoints") in str(info.value)

@@ -128,9 +128,8 @@ def test_roi_head():
 
 @pytest.mark.parametrize("cls_loss", ["focal", "bce"])
 def test_dense_head(cls_loss):
-    dense = DenseHead(
-        in_channels=8, num_anchors=1, num_classes=3, cls_loss=CLS_LOSSES[cls_loss](), reg_loss=SmoothL1()
-    )
+    # the per-batch count as normaliser: an EMA would move between the two calls compared
+    dense = DenseHead(8, 1, 3, cls_loss=CLS_LOSSES[cls_loss](), reg_loss=SmoothL1(), normalizer_momentum=0.0)
     ys, xs = torch.meshgrid(torch.arange(0, 64, 16.0), torch.arange(0, 64, 16.0), indexing="ij")
     corners = torch.stack([xs.flatten(), ys.flatten()], dim=1)
     anchors = torch.cat([corners, corners + 16], dim=1)  # 16 tiles of 16 px

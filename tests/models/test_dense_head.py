@@ -76,7 +76,15 @@ def outputs(seed: int = 0, num_images: int = 2) -> tuple[Tensor, Tensor]:
 
 
 def head(**options) -> DenseHead:
+    """A small dense head; unless a test says otherwise its losses divide by each batch's own
+    foreground count (normalizer_momentum=0), so that expected values can be computed by hand."""
+    options.setdefault("normalizer_momentum", 0.0)
     return DenseHead(in_channels=8, num_anchors=1, num_classes=NUM_CLASSES, **options)
+
+
+def ema(dense: DenseHead) -> Tensor:
+    """The dense head's moving average of the foreground count (its loss normaliser)."""
+    return dense.criterion.normaliser.ema
 
 
 def run(dense: DenseHead, targets: list[dict[str, Tensor]], seed: int = 0) -> dict[str, Tensor]:
@@ -447,32 +455,63 @@ def test_losses_are_finite_on_a_batch_without_objects(cls_loss, reg_loss):
     assert torch.isfinite(logits.grad).all() and torch.isfinite(deltas.grad).all()
 
 
-def test_normaliser_is_an_ema_of_the_foreground_count_starting_at_the_first_value():
-    dense = head(normalizer_momentum=0.9)
+def test_the_default_normaliser_is_detectron2s_ema_starting_at_100():
+    dense = DenseHead(in_channels=8, num_anchors=1, num_classes=NUM_CLASSES)
+    assert dense.criterion.normaliser.momentum == 0.9 and ema(dense).item() == 100.0
     plain = head()
-    dense.eval()  # before any training iteration, evaluation divides by the plain count
-    torch.testing.assert_close(run(dense, hand_made_batch()), run(plain, hand_made_batch()))
-    ema = dense.criterion.normaliser.ema
-    assert ema.item() == 0.0
-    dense.train()
+    run(dense, hand_made_batch())  # 3 foreground anchors
+    assert ema(dense).item() == pytest.approx(0.9 * 100 + 0.1 * 3)
+    with pytest.raises(ValueError, match="normalizer_init"):
+        head(normalizer_momentum=0.9, normalizer_init=0.0)
     assert "criterion.normaliser.ema" in dense.state_dict()
     assert "criterion.normaliser.ema" not in plain.state_dict()
+
+
+def test_a_batch_without_objects_gives_a_loss_of_the_same_order_as_a_normal_batch():
+    """With the per-batch count (0 foreground -> divisor 1) the background's summed loss becomes the
+    whole loss; the EMA keeps the divisor near the usual foreground count."""
+    averaged, plain = head(normalizer_momentum=0.9, normalizer_init=3.0), head()
+    empty = [target([], []), target([], [])]
+    normal = {key: run(plain, hand_made_batch())[key] for key in ("loss_dense_cls",)}
+    for _ in range(3):  # a few normal steps first, as in training
+        run(averaged, hand_made_batch())
+    ema_empty, plain_empty = run(averaged, empty), run(plain, empty)
+    for losses in (ema_empty, plain_empty):
+        assert all(torch.isfinite(v) for v in losses.values()) and losses["loss_dense_box"] == 0
+    # the EMA stayed near 3 (three normal batches of 3 fg anchors, then one of 0): 0.9 * 3 + 0.1 * 1
+    assert ema(averaged).item() == pytest.approx(0.9 * 3.0 + 0.1 * 1.0)
+    ratio = ema_empty["loss_dense_cls"] / normal["loss_dense_cls"]
+    spike = plain_empty["loss_dense_cls"] / normal["loss_dense_cls"]
+    assert 0.2 < ratio < 5.0, ratio  # the same order as a normal batch
+    assert spike > 2.5 * ratio  # the per-batch count divides by 1 instead of ~2.8
+
+
+def test_normaliser_is_an_ema_of_the_foreground_count():
+    dense = head(normalizer_momentum=0.9, normalizer_init=4.0)
+    plain = head()
+    dense.eval()  # evaluation divides by the EMA without updating it
+    reference, plain_fg = run(plain, hand_made_batch()), plain.last_stats["num_fg"].float()
+    for key, value in run(dense, hand_made_batch()).items():
+        torch.testing.assert_close(value, reference[key] * plain_fg / 4.0)
+    assert ema(dense).item() == 4.0
+    dense.train()
     batches = [  # 3, then 1, then 2 foreground anchors
         hand_made_batch(),
         [target([GT_EXACT], [1]), target([], [])],
         [target([GT_EXACT, GT_FAR], [1, 2]), target([], [])],
     ]
-    expected = [3.0, 0.9 * 3 + 0.1 * 1, 0.9 * (0.9 * 3 + 0.1 * 1) + 0.1 * 2]
+    first = 0.9 * 4.0 + 0.1 * 3
+    expected = [first, 0.9 * first + 0.1 * 1, 0.9 * (0.9 * first + 0.1 * 1) + 0.1 * 2]
     for batch, normaliser in zip(batches, expected):
         losses = run(dense, batch)
         reference = run(plain, batch)
         num_fg = plain.last_stats["num_fg"].float()
-        assert ema.item() == pytest.approx(normaliser)
+        assert ema(dense).item() == pytest.approx(normaliser)
         for key in losses:
             torch.testing.assert_close(losses[key], reference[key] * num_fg / normaliser)
     dense.eval()  # evaluation reads the EMA without updating it
     run(dense, batches[0])
-    assert ema.item() == pytest.approx(expected[-1])
+    assert ema(dense).item() == pytest.approx(expected[-1])
     with pytest.raises(ValueError, match="normalizer_momentum"):
         head(normalizer_momentum=1.0)
 
@@ -488,7 +527,10 @@ def test_config_builds_the_dense_losses_with_their_options():
     cfg = load_config("configs/retinanet_balanced_l1.yaml")
     criterion = build_model(cfg, num_classes=2).heads["dense"].criterion
     assert criterion.reg_loss == BalancedL1(alpha=0.5, gamma=1.5, beta=0.11)
-    assert criterion.cls_state is None and criterion.reg_state is None and criterion.normaliser.ema is None
+    assert criterion.cls_state is None and criterion.reg_state is None
+    assert criterion.normaliser.ema.item() == 100.0
+    cfg = load_config(None, ["model.arch=retinanet", "dense_head.normalizer_momentum=0"])
+    assert build_model(cfg, num_classes=2).heads["dense"].criterion.normaliser.ema is None
 
 
 def test_label_smoothing_gives_bce_against_smoothed_one_hot_targets():

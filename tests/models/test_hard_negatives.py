@@ -81,9 +81,9 @@ def test_background_anchors_on_mined_regions_are_up_weighted():
     target = {"boxes": torch.tensor([[0.0, 0.0, 16.0, 16.0]]), "labels": torch.tensor([1])}
     g = torch.Generator().manual_seed(0)
     logits, deltas = torch.randn(1, 16, 3, generator=g), 0.1 * torch.randn(1, 16, 4, generator=g)
-    plain = DenseHead(8, 1, 3).loss(logits, deltas, [tiles()], [target])
+    plain = DenseHead(8, 1, 3, normalizer_momentum=0.0).loss(logits, deltas, [tiles()], [target])
     upweight = HardNegativeUpweight(iou=0.5, weight=3.0)
-    mined_head = DenseHead(8, 1, 3, hard_negatives=upweight)
+    mined_head = DenseHead(8, 1, 3, hard_negatives=upweight, normalizer_momentum=0.0)
     with_mined = mined_head.loss(logits, deltas, [tiles()], [{**target, "hard_negatives": mined}])
     anchor10 = sigmoid_focal_loss(logits[0, 10], torch.zeros(3), alpha=0.25, gamma=2.0, reduction="sum")
     # one foreground anchor: the normaliser is 1; anchor 10's loss counts 3 times instead of once

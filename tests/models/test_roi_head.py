@@ -9,7 +9,7 @@ from torch import Tensor
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign
 
-from hardmine.losses import BalancedL1, CrossEntropy, SigmoidFocal, SoftmaxFocal, balanced_l1_loss
+from hardmine.losses import BalancedL1, CrossEntropy, SigmoidFocal, SmoothL1, SoftmaxFocal, balanced_l1_loss
 from hardmine.models.roi_head import RoIHead
 from hardmine.sampling import Candidates, IoUThresholds, NoSampler, RandomSampler, Sampler, SampleResult
 
@@ -56,6 +56,26 @@ def test_loss_equals_hand_computed_cross_entropy_and_box_loss():
     assert losses["loss_roi_box"].item() == pytest.approx(expected_box.item(), rel=1e-5)
     stats = head.last_stats
     assert (stats["num_fg"].item(), stats["num_bg"].item(), stats["num_candidates"].item()) == (1, 4, 5)
+
+
+def test_sampling_free_box_loss_is_the_mean_over_foreground_coordinates_as_the_authors():
+    """guided_loss > 0: Fast R-CNN's smooth L1 (beta 1) averaged over the 4 coordinates of each
+    foreground RoI, and the cross-entropy rescaled to guided_loss times that value (their RoI head: 2)."""
+    head = _head(
+        NoSampler(thresholds=IoUThresholds(fg=0.5, bg_lo=0.0, bg_hi=0.5)),
+        add_gt_as_proposals=False,
+        guided_loss=2.0,
+        reg_loss=SmoothL1(beta=1.0),
+    )
+    head.train()
+    features = _features()
+    losses = head(features, PROPOSALS, SHAPES, TARGETS)[1]
+    _, deltas = head.predict(features, PROPOSALS, SHAPES)
+    target = head.box_coder.encode_single(TARGETS[0]["boxes"], PROPOSALS[0][:1])
+    pred = deltas.view(5, 3, 4)[0, 2]  # one foreground RoI (box 0, class 2): 4 coordinates
+    expected_box = F.smooth_l1_loss(pred, target[0], beta=1.0, reduction="sum") / 4
+    assert losses["loss_roi_box"].item() == pytest.approx(expected_box.item(), rel=1e-5)
+    assert losses["loss_roi_cls"].item() == pytest.approx(2 * expected_box.item(), rel=1e-5)
 
 
 def test_ground_truth_is_added_to_the_candidates():

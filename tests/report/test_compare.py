@@ -90,6 +90,9 @@ def tiny(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_report_has_every_section_and_the_results_files(tiny):
     out = tiny["out"]
     md = (out / "report.md").read_text()
+    # the title names the data the runs used (here the spec's data.train / data.val overrides)
+    synth = Path(yaml.safe_load(tiny["spec"].read_text())["overrides"][0].split("=", 1)[1]).parent
+    assert md.splitlines()[0] == f"# tiny comparison, on `{synth / 'train.json'}` / `{synth / 'val.json'}`"
     for heading in SECTIONS:
         assert heading in md, heading
     # Every linked image exists: four plots and one gallery picture per successful method.

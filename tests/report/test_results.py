@@ -85,6 +85,8 @@ def test_log_columns_and_mean_over_seeds(tmp_path):
     log.write_text("iteration,loss,roi/fg_loss_share\n10,2.0,0.1\n20,1.0,0.2\n")
     columns = read_log_columns(log, ["loss", "dense/fg_loss_share"])
     assert set(columns) == {"iteration", "loss"} and columns["loss"].tolist() == [2.0, 1.0]
+    log.write_text("iteration,loss,eval/AP\n10,2.0,\n20,1.0,0.25\n")
+    assert np.isnan(read_log_columns(log, ["eval/AP"])["eval/AP"]).tolist() == [True, False]
     x, mean, std = mean_over_seeds(
         [(np.array([10, 20, 30]), np.array([1.0, 2.0, 3.0])), (np.array([10, 20]), np.array([3.0, 4.0]))]
     )

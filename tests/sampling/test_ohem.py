@@ -61,7 +61,7 @@ def test_registered_and_paper_defaults():
     s = OHEMSampler()
     assert s.needs_scores
     assert s.thresholds == IoUThresholds(fg=0.5, bg_lo=0.0, bg_hi=0.5)
-    assert (s.batch_size_per_image, s.per_image, s.nms_thresh) == (64, False, 0.7)
+    assert (s.batch_size_per_image, s.per_image, s.nms_thresh) == (64, True, 0.7)
     assert (s.rank_by, s.fg_fraction, s.mode) == ("cls+box", None, "two_pass")
 
 
@@ -158,20 +158,21 @@ def test_ignored_candidates_are_never_selected():
     assert sampler.last_stats["num_candidates"] == 2.0
 
 
-def test_per_batch_lets_one_image_take_all_slots():
+def test_per_batch_lets_one_image_take_all_slots_and_the_default_takes_b_of_each_image():
     cands = _batch(_image([0.9, 0.2, 0.8, 0.1], [1] * 4), _image([0.9, 0.2, 0.3, 0.1], [2] * 4))
     scores = FakeScores([[9.0, 8.0, 7.0, 6.0], [1.0, 2.0, 3.0, 4.0]])
-    batch = OHEMSampler(batch_size_per_image=2)(cands, scores)
+    batch = OHEMSampler(batch_size_per_image=2, per_image=False)(cands, scores)
     assert [r.indices.tolist() for r in batch] == [[0, 1, 2, 3], []]
     assert batch[1].indices.dtype == torch.long and batch[1].labels.shape == (0,)
-    per_image = OHEMSampler(batch_size_per_image=2, per_image=True)(cands, scores)
-    assert [r.indices.tolist() for r in per_image] == [[0, 1], [2, 3]]
+    # the paper's B/N of each image is the default: the easy second image still gets its 2 hardest
+    default = OHEMSampler(batch_size_per_image=2)(cands, scores)
+    assert [r.indices.tolist() for r in default] == [[0, 1], [2, 3]]
 
 
 def test_loss_ties_go_to_the_lower_image_then_the_lower_index():
     cands = _batch(_image([0.2] * 3, [1] * 3), _image([0.2] * 3, [1] * 3))
     scores = FakeScores([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
-    batch = OHEMSampler(batch_size_per_image=2)(cands, scores)
+    batch = OHEMSampler(batch_size_per_image=2, per_image=False)(cands, scores)
     assert [r.indices.tolist() for r in batch] == [[0, 1, 2], [0]]
     per_image = OHEMSampler(batch_size_per_image=2, per_image=True)(cands, scores)
     assert [r.indices.tolist() for r in per_image] == [[0, 1], [0, 1]]
@@ -195,7 +196,7 @@ def test_fg_quota_per_image_and_per_batch():
     # where per image it is int(1.5) = 1 each.
     two = _batch(_image([0.9, 0.9, 0.9, 0.1], [1] * 4), _image([0.9, 0.1, 0.1, 0.1], [1] * 4))
     two_scores = FakeScores([[9.0, 8.0, 7.0, 1.0], [6.0, 0.3, 0.2, 0.1]])
-    batch = OHEMSampler(batch_size_per_image=3, fg_fraction=0.5)(two, two_scores)
+    batch = OHEMSampler(batch_size_per_image=3, fg_fraction=0.5, per_image=False)(two, two_scores)
     assert [r.indices.tolist() for r in batch] == [[0, 1, 2, 3], [1, 2]]
     per_image = OHEMSampler(batch_size_per_image=3, fg_fraction=0.5, per_image=True)(two, two_scores)
     assert [r.indices.tolist() for r in per_image] == [[0, 3], [0, 1, 2]]
@@ -277,7 +278,7 @@ def test_last_stats():
     cands = _batch(_image([0.9, 0.8, 0.2, 0.2], [1] * 4, boxes), _image([0.1, 0.6], [2, 2]))
     cands.ignore = [torch.tensor([False, False, False, True]), torch.tensor([False, False])]
     scores = FakeScores([[4.0, 1.0, 2.0, 100.0], [0.5, 1.0]], [[2.0, 1.0, 0.0, 0.0], [0.0, 0.5]])
-    sampler = OHEMSampler(batch_size_per_image=1)
+    sampler = OHEMSampler(batch_size_per_image=1, per_image=False)
     res = sampler(cands, scores)
     # Survivors by cls + box: (0, 6.0), (1:1, 1.5), (2, 2.0), (1:0, 0.5); the top 2 of the batch stay.
     assert [r.indices.tolist() for r in res] == [[0, 2], []]

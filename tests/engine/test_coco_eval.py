@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hardmine.data.records import Category, DatasetIndex, ImageRecord
-from hardmine.engine.evaluate import (
+from hardmine.engine.coco_eval import (
     METRIC_KEYS,
     coco_metrics,
     format_metrics_table,

@@ -1,4 +1,7 @@
-"""COCO-style detection metrics, computed by faster-coco-eval on ground truth built in memory.
+"""COCO-style detection metrics, computed by faster-coco-eval on ground truth built in memory, and
+the files results are kept in: COCO results JSON, metrics.json, the IoU-0.5 precision-recall curve
+(pr50.json). `hardmine.engine.voc_eval` computes the VOC metrics, `hardmine.engine.evaluation` runs
+a model and picks the metric set.
 
 Predictions throughout hardmine map the dataset's image id to {"boxes": float [K, 4] xyxy in
 original image pixels, "scores": float [K], "labels": int [K] contiguous labels 1..C}; torch
