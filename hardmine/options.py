@@ -295,8 +295,8 @@ def describe_choices(title: str, classes: Mapping[str, type]) -> list[str]:
     """Every class of a component family with its options and their defaults, for `--help`."""
     lines = ["", title]
     for name, cls in classes.items():
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
-        lines.append(f"  {name}: {doc}")
+        paragraph = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+        lines.append(f"  {name}: {paragraph.split('. ')[0].rstrip('.')}.")
         lines.extend(_option_lines(cls(), "", indent="  "))
     return lines
 

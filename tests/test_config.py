@@ -463,3 +463,11 @@ def test_a_saved_config_is_completed_with_the_defaults_of_its_own_sampler():
 def test_stop_at_is_for_single_runs_only():
     with pytest.raises(ConfigError, match="train.stop_at: stops a single run; bootstrapping"):
         load_config(None, ["train.stop_at=5", "mining.rounds=1"])
+
+
+def test_the_configuration_docs_name_every_sampler_loss_and_preset():
+    text = (CONFIGS.parent / "docs" / "configuration.md").read_text()
+    for name in [*SAMPLERS, *CLS_LOSSES, *REG_LOSSES]:
+        assert f"| `{name}`" in text, name
+    for path in [*CONFIGS.glob("*.yaml"), *CONFIGS.glob("coco/*.yaml")]:
+        assert f"configs/{path.relative_to(CONFIGS)}" in text, path
