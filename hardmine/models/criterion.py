@@ -257,3 +257,26 @@ class HeadCriterion(nn.Module):
         if self.guided_loss > 0:
             cls_loss = guided_loss_scale(cls_loss, box_loss, self.guided_loss)
         return dict(zip(self.names, (cls_loss, box_loss)))
+
+
+class CriterionHead:
+    """For heads whose training losses are a `HeadCriterion` (`self.criterion`): the head's
+    `sampler` (read and replaced, e.g. by `hardmine gallery`) and `last_stats` are the criterion's."""
+
+    criterion: HeadCriterion
+
+    @property
+    def sampler(self) -> Sampler:
+        return self.criterion.sampler
+
+    @sampler.setter
+    def sampler(self, sampler: Sampler) -> None:
+        self.criterion.sampler = sampler
+
+    @property
+    def last_stats(self) -> dict[str, Tensor]:
+        return self.criterion.last_stats
+
+    @last_stats.setter
+    def last_stats(self, stats: dict[str, Tensor]) -> None:
+        self.criterion.last_stats = stats

@@ -48,7 +48,7 @@ from torchvision.models.detection.retinanet import RetinaNetClassificationHead, 
 
 from hardmine.losses.box import L1, RegLoss
 from hardmine.losses.classification import SIGMOID, ClsLoss, SigmoidFocal
-from hardmine.models.criterion import ForegroundNormaliser, HeadCriterion
+from hardmine.models.criterion import CriterionHead, ForegroundNormaliser, HeadCriterion
 from hardmine.models.hard_negatives import HardNegativeUpweight
 from hardmine.models.priors import AssignmentCounts, sigmoid_prior_bias, store_class_thresholds
 from hardmine.options import require
@@ -64,7 +64,7 @@ def default_sampler() -> Sampler:
     return NoSampler(IoUThresholds(fg=0.5, bg_lo=0.0, bg_hi=0.4))
 
 
-class DenseHead(nn.Module):
+class DenseHead(CriterionHead, nn.Module):
     """Per-anchor class scores and box deltas over all FPN levels; see the module docstring.
 
     forward(features) -> (cls_logits [N, A, C], deltas [N, A, 4]) with A the anchors of all levels,
@@ -128,22 +128,6 @@ class DenseHead(nn.Module):
         self.class_score_thresh: Tensor | None
         thresholds = torch.full((num_classes,), float("nan")) if class_adaptive_thresh else None
         self.register_buffer("class_score_thresh", thresholds)
-
-    @property
-    def sampler(self) -> Sampler:
-        return self.criterion.sampler
-
-    @sampler.setter
-    def sampler(self, sampler: Sampler) -> None:
-        self.criterion.sampler = sampler
-
-    @property
-    def last_stats(self) -> dict[str, Tensor]:
-        return self.criterion.last_stats
-
-    @last_stats.setter
-    def last_stats(self, stats: dict[str, Tensor]) -> None:
-        self.criterion.last_stats = stats
 
     @torch.no_grad()
     def apply_priors(self, counts: AssignmentCounts, bias: bool, thresholds: bool) -> dict[str, object]:

@@ -36,7 +36,7 @@ from torchvision.ops import MultiScaleRoIAlign, batched_nms
 
 from hardmine.losses.box import RegLoss, SmoothL1
 from hardmine.losses.classification import SOFTMAX, ClsLoss, CrossEntropy
-from hardmine.models.criterion import HeadCriterion
+from hardmine.models.criterion import CriterionHead, HeadCriterion
 from hardmine.models.hard_negatives import append_hard_negatives
 from hardmine.models.iterative import IterativeRegression, first_round
 from hardmine.models.priors import (
@@ -48,7 +48,7 @@ from hardmine.options import require
 from hardmine.sampling.base import Sampler
 
 
-class RoIHead(nn.Module):
+class RoIHead(CriterionHead, nn.Module):
     """Classify and refine RoIs; see the module docstring for the training procedure.
 
     `cls_loss` must be a softmax loss (default: cross-entropy), `reg_loss` any box loss (default:
@@ -102,22 +102,6 @@ class RoIHead(nn.Module):
         self.register_buffer("class_score_thresh", thresholds)
         #: test-time iterative box regression (None or 0 rounds: the usual single pass)
         self.iterative = iterative
-
-    @property
-    def sampler(self) -> Sampler:
-        return self.criterion.sampler
-
-    @sampler.setter
-    def sampler(self, sampler: Sampler) -> None:
-        self.criterion.sampler = sampler
-
-    @property
-    def last_stats(self) -> dict[str, Tensor]:
-        return self.criterion.last_stats
-
-    @last_stats.setter
-    def last_stats(self, stats: dict[str, Tensor]) -> None:
-        self.criterion.last_stats = stats
 
     @torch.no_grad()
     def apply_priors(self, counts: AssignmentCounts, bias: bool, thresholds: bool) -> dict[str, object]:

@@ -25,13 +25,13 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, con
 
 from hardmine.losses.box import RegLoss, SmoothL1
 from hardmine.losses.classification import BCE, SIGMOID, ClsLoss
-from hardmine.models.criterion import HeadCriterion
+from hardmine.models.criterion import CriterionHead, HeadCriterion
 from hardmine.models.priors import AssignmentCounts, sigmoid_prior_bias
 from hardmine.options import require
 from hardmine.sampling.base import Sampler
 
 
-class RPN(RegionProposalNetwork):
+class RPN(CriterionHead, RegionProposalNetwork):
     """torchvision's RPN with anchor sampling and losses delegated to a `HeadCriterion`.
 
     `sampler` labels and picks the anchors; `cls_loss` must be a sigmoid loss (objectness is one
@@ -76,22 +76,6 @@ class RPN(RegionProposalNetwork):
             class_agnostic=True,
             low_quality_matches=True,
         )
-
-    @property
-    def sampler(self) -> Sampler:
-        return self.criterion.sampler
-
-    @sampler.setter
-    def sampler(self, sampler: Sampler) -> None:
-        self.criterion.sampler = sampler
-
-    @property
-    def last_stats(self) -> dict[str, Tensor]:
-        return self.criterion.last_stats
-
-    @last_stats.setter
-    def last_stats(self, stats: dict[str, Tensor]) -> None:
-        self.criterion.last_stats = stats
 
     @torch.no_grad()
     def apply_priors(self, counts: AssignmentCounts, bias: bool, thresholds: bool) -> dict[str, object]:
