@@ -36,6 +36,8 @@ from hardmine.losses import (
     SigmoidFocal,
     SmoothL1,
 )
+from hardmine.models.backbones import BACKBONES
+from hardmine.models.dense_head import HEAD_NORMS
 from hardmine.models.iterative import IterativeRegression
 from hardmine.models.merge import MERGE_METHODS
 from hardmine.models.torchvision_detectors import TORCHVISION_DETECTORS, check_torchvision_detector
@@ -48,7 +50,8 @@ def guided_loss_opt() -> Any:
     return opt(
         0.0,
         "sampling-free: rescale the cls loss each step to this multiple of the box loss (no gradient "
-        "through the factor; the box loss is then normalised by the foreground count); 0 = off, paper: 1",
+        "through the factor; the RPN's and RoI head's box loss is then averaged over the foreground "
+        "box coordinates); 0 = off, paper: 1",
     )
 
 
@@ -88,12 +91,10 @@ ARCHS = ("faster_rcnn", "fast_rcnn", "retinanet")
 #: Training augmentation steps (`data.augment`), in the order a pipeline applies them
 #: (`hardmine.data.transforms`).
 AUGMENT_STEPS = ("hflip", "color_jitter", "scale_jitter", "iou_crop")
-BACKBONE_NAMES = ("tiny", "mobilenet_v2_fpn", "mobilenet_v3_fpn", "resnet18_fpn", "resnet50_fpn")
+BACKBONE_NAMES = tuple(BACKBONES)
 SAMPLER_NAMES = tuple(SAMPLERS)
 #: Classification-bias initialisations: the head's usual one, or sampling-free's from dataset counts.
 BIAS_INITS = ("default", "dataset")
-#: Normalisation layers of the dense head's towers (`hardmine.models.dense_head.HEAD_NORMS`).
-HEAD_NORMS = ("group", "none")
 
 
 @dataclass
