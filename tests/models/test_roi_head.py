@@ -334,3 +334,16 @@ def test_loss_ranking_scores_carry_the_box_weights():
         torch.testing.assert_close(weighted[0].box[0], weight * unweighted[0].box[0])
         torch.testing.assert_close(weighted[0].cls[1:], unweighted[0].cls[1:])  # background: unchanged
         torch.testing.assert_close(weighted[1].cls, unweighted[1].cls)
+
+
+def test_a_batch_without_objects_gives_the_box_regressor_a_zero_gradient():
+    """As torchvision's fastrcnn_loss and the other heads: the box loss stays in the graph (DDP and
+    the optimizer see a gradient of zeros, not none)."""
+    head = _head(RandomSampler(thresholds=IoUThresholds(0.5, 0.0, 0.5)))
+    head.train()
+    empty = [TARGETS[1], TARGETS[1]]
+    losses = head(_features(), PROPOSALS, SHAPES, empty)[1]
+    assert losses["loss_roi_box"].item() == 0.0
+    sum(losses.values()).backward()
+    grad = head.box_predictor.bbox_pred.weight.grad
+    assert grad is not None and (grad == 0).all()
