@@ -137,6 +137,12 @@ class HeadCriterion(nn.Module):
     low_quality_matches:  each ground truth's best candidates are foreground (Faster R-CNN's RPN).
     class_specific_boxes: deltas hold 4 values per class; the labelled class's 4 are trained.
     weight_factors:       extra per-sample loss factors of background candidates on mined regions.
+    box_loss_over_samples: the box loss summed as a vector over every sample, 0 for the background
+                          (the RoI head's form), instead of over the foreground only (the RPN's
+                          and the dense head's, torchvision's). The value is the same up to the
+                          order of the float additions; without foreground the first gives the
+                          box regressor no gradient at all, the second a gradient of zeros (which
+                          SGD's momentum and weight decay still act on).
     """
 
     def __init__(
@@ -152,6 +158,7 @@ class HeadCriterion(nn.Module):
         low_quality_matches: bool = False,
         class_specific_boxes: bool = False,
         weight_factors: HardNegativeUpweight | None = None,
+        box_loss_over_samples: bool = False,
     ) -> None:
         super().__init__()
         require(guided_loss >= 0, "guided_loss", "must be >= 0 (0 = off)")
@@ -168,6 +175,7 @@ class HeadCriterion(nn.Module):
         self.low_quality_matches = low_quality_matches
         self.class_specific_boxes = class_specific_boxes
         self.weight_factors = weight_factors
+        self.box_loss_over_samples = box_loss_over_samples
         self.last_stats: dict[str, Tensor] = {}
 
     def match(self, boxes: list[Tensor], targets: list[dict[str, Tensor]]) -> list[Match]:
@@ -253,7 +261,12 @@ class HeadCriterion(nn.Module):
         self.last_stats = sampling_stats(stats_cls.detach(), selected_labels, num_candidates=sum(sizes))
         cls_norm, box_norm = self.normaliser(rows.numel(), selected_labels, self.guided_loss > 0)
         cls_loss = self.cls_loss.reduce(cls * weights, cls_norm, cls.numel() * logits.shape[-1])
-        box_loss = self.reg_loss.reduce(reg * weights[fg], box_norm, reg.numel() * 4)
+        box_terms = reg * weights[fg]
+        if self.box_loss_over_samples:
+            box_terms = (
+                torch.zeros_like(cls).index_put((fg,), box_terms) if fg.numel() else torch.zeros_like(cls)
+            )
+        box_loss = self.reg_loss.reduce(box_terms, box_norm, reg.numel() * 4)
         if self.guided_loss > 0:
             cls_loss = guided_loss_scale(cls_loss, box_loss, self.guided_loss)
         return dict(zip(self.names, (cls_loss, box_loss)))

@@ -89,6 +89,7 @@ class RoIHead(CriterionHead, nn.Module):
             prefix="roi",
             guided_loss=guided_loss,
             class_specific_boxes=True,
+            box_loss_over_samples=True,
         )
         self.add_gt_as_proposals = add_gt_as_proposals
         self.score_thresh = score_thresh
