@@ -41,7 +41,7 @@ TEST_SCALES = "eval.scales=[256,320,416]"
 #: photometric distortion without hue jitter.
 TRICKS: dict[str, list[str]] = {
     "mixup": ["data.mixup_prob=1.0", "data.mixup_alpha=1.5", "data.mixup_off_last_epochs=1"],
-    "label smoothing": ["roi_head.label_smoothing=0.1"],
+    "label smoothing": ["roi_head.cls_loss.label_smoothing=0.1"],
     "random shapes": ["model.min_size=[256,288,352,384,320]", "model.size_period=10"],
     # flips and photometric distortion, no hue jitter: the built-in dataset's classes are colours
     # (docs/training-tricks.md#augmentation); no crop or zoom (the paper's two-stage recipe)
@@ -52,7 +52,7 @@ TRICKS: dict[str, list[str]] = {
 #: Overrides may name the budget: {iters}, {two_thirds} and {eight_ninths} of it (step schedules).
 ROWS: dict[str, tuple[str, list[str]]] = {
     "faster_rcnn_tiny random (default)": ("faster_rcnn_tiny.yaml", []),
-    "faster_rcnn_tiny random B=64": ("faster_rcnn_tiny.yaml", ["roi_head.batch_size_per_image=64"]),
+    "faster_rcnn_tiny random B=64": ("faster_rcnn_tiny.yaml", ["roi_head.sampler.batch_size_per_image=64"]),
     "faster_rcnn_tiny ohem": ("faster_rcnn_ohem.yaml", []),
     "faster_rcnn_tiny iou_balanced": ("faster_rcnn_iou_balanced.yaml", []),
     "retinanet_tiny focal": ("retinanet_tiny.yaml", []),
@@ -60,7 +60,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "retinanet_tiny ohem": ("retinanet_ohem.yaml", []),
     "retinanet_tiny alpha-balanced CE": (
         "retinanet_tiny.yaml",
-        ["dense_head.cls_loss=bce", "dense_head.focal_alpha=0.25"],
+        ["dense_head.cls_loss=bce", "dense_head.cls_loss.alpha=0.25"],
     ),
     "retinanet_tiny GHM-C + GHM-R": ("retinanet_ghm.yaml", []),
     "retinanet_tiny sampling-free": ("retinanet_sampling_free.yaml", []),

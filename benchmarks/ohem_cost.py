@@ -45,9 +45,9 @@ from hardmine.engine.schedule import build_optimizer
 from hardmine.models.build import build_model
 
 VARIANTS: dict[str, list[str]] = {
-    "random": ["roi_head.sampler=random", "roi_head.fg_fraction=0.25", "roi_head.bg_iou_lo=0.0"],
-    "ohem": ["roi_head.sampler=ohem", "roi_head.ohem.mode=two_pass"],
-    "ohem_loss_mask": ["roi_head.sampler=ohem", "roi_head.ohem.mode=loss_mask"],
+    "random": ["roi_head.sampler=random", "roi_head.sampler.fg_fraction=0.25", "roi_head.bg_iou_lo=0.0"],
+    "ohem": ["roi_head.sampler=ohem", "roi_head.sampler.mode=two_pass"],
+    "ohem_loss_mask": ["roi_head.sampler=ohem", "roi_head.sampler.mode=loss_mask"],
 }
 #: glibc serves allocations at or above this size by mmap and unmaps them on free (CPU memory).
 MMAP_THRESHOLD = 64 * 1024
@@ -60,9 +60,8 @@ def variant_config(name: str, batch_per_image: int, overrides: list[str]) -> Con
         [
             "rpn.pre_nms_top_n_train=1000",
             "rpn.post_nms_top_n_train=1000",
-            f"roi_head.batch_size_per_image={batch_per_image}",
-            f"roi_head.ohem.batch_size_per_image={batch_per_image}",
             *VARIANTS[name],
+            f"roi_head.sampler.batch_size_per_image={batch_per_image}",
             *overrides,
         ],
     )

@@ -47,13 +47,13 @@ def torchvision_model(cfg, num_classes: int) -> nn.Module:
         rpn_head=RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0]),
         rpn_pre_nms_top_n_train=p.pre_nms_top_n_train,
         rpn_post_nms_top_n_train=p.post_nms_top_n_train,
-        rpn_batch_size_per_image=p.batch_size_per_image,
-        rpn_positive_fraction=p.fg_fraction,
+        rpn_batch_size_per_image=p.sampler.batch_size_per_image,
+        rpn_positive_fraction=p.sampler.fg_fraction,
         box_roi_pool=MultiScaleRoIAlign(backbone.feature_names, r.roi_output_size, r.sampling_ratio),
         box_head=TwoMLPHead(backbone.out_channels * r.roi_output_size**2, r.representation_size),
         box_predictor=FastRCNNPredictor(r.representation_size, num_classes + 1),
-        box_batch_size_per_image=r.batch_size_per_image,
-        box_positive_fraction=r.fg_fraction,
+        box_batch_size_per_image=r.sampler.batch_size_per_image,
+        box_positive_fraction=r.sampler.fg_fraction,
     )
 
 
@@ -101,7 +101,7 @@ def main() -> None:
         )
     print(
         f"device={device} backbone={cfg.model.backbone} batch={args.batch_size} "
-        f"rois/img={cfg.roi_head.batch_size_per_image} rounds={rounds} iters/round={iters}"
+        f"rois/img={cfg.roi_head.sampler.batch_size_per_image} rounds={rounds} iters/round={iters}"
     )
     print(
         f"hardmine median {statistics.median(ours_ips):.2f} img/s, "

@@ -16,7 +16,7 @@ from hardmine.errors import HardmineError, TrainingInterrupted
 
 TRAIN_EPILOG = """\
 CONFIG is an optional YAML preset (see configs/); each KEY=VALUE overrides one option, e.g.
-  hardmine train configs/smoke.yaml roi_head.batch_size_per_image=128 output_dir=runs/b128
+  hardmine train configs/smoke.yaml roi_head.sampler.batch_size_per_image=64 output_dir=runs/b64
 Distributed (data.batch_size images per process; docs/distributed.md):
   torchrun --nproc_per_node=2 -m hardmine train configs/smoke.yaml model.sync_bn=true
 
@@ -221,10 +221,11 @@ MINE_DESCRIPTION = (
 
 GALLERY_DESCRIPTION = (
     "Run the checkpoint's training forward on one image of data.train, without changing "
-    "the model, with the head's sampler replaced by --sampler (its options from the head's config "
-    "section, e.g. roi_head.ohem.*), and draw the ground truth (white), the selected foreground "
-    "(green) and background (magenta) candidates and their counts. KEY=VALUE overrides the "
-    "checkpoint's config (e.g. roi_head.ohem.nms_thresh=null)."
+    "the model, with the head's sampler replaced by --sampler (with the head's own options when the "
+    "checkpoint's config names that sampler, e.g. roi_head.sampler.*, else that sampler's defaults), "
+    "and draw the ground truth (white), the selected foreground (green) and background (magenta) "
+    "candidates and their counts. KEY=VALUE overrides the checkpoint's config (e.g. "
+    "roi_head.sampler=ohem roi_head.sampler.nms_thresh=null)."
 )
 
 COMPARE_DESCRIPTION = (

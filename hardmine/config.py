@@ -1,37 +1,48 @@
 """Configuration: typed dataclasses (the one source of defaults), YAML presets, key=value overrides.
 
 A run is described by `Config`. Presets in `configs/*.yaml` hold nested mappings that mirror it
-(`roi_head: {sampler: random}`); the command line overrides single keys with dotted paths
-(`roi_head.sampler=ohem solver.lr=0.01`). Values are parsed as YAML scalars/lists and checked
-against the field's type; an unknown key is an error that lists the valid keys of its section.
+(`roi_head: {sampler: random}`) and may start from another preset (`base: faster_rcnn_tiny`); the
+command line overrides single keys with dotted paths (`roi_head.sampler=ohem solver.lr=0.01`).
+Values are parsed as YAML scalars/lists and checked against the field's type; an unknown key is an
+error that lists the valid keys of its section.
+
+Each head's `sampler`, `cls_loss` and `reg_loss` hold a sampler or a loss of the loss table, chosen
+by name, whose options are declared once, in its own dataclass (`hardmine.sampling`,
+`hardmine.losses`); reading, writing, `--help` and validation of options derive from the
+declarations (`hardmine.options`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
-import types
-import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
-from hardmine.data.transforms import AUGMENT_STEPS
+from hardmine import options
 from hardmine.errors import ConfigError
-from hardmine.losses.per_sample import CLS_LOSSES, REG_LOSSES
+from hardmine.losses import (
+    BCE,
+    CLS_LOSSES,
+    L1,
+    REG_LOSSES,
+    SIGMOID,
+    SOFTMAX,
+    ClsLoss,
+    CrossEntropy,
+    RegLoss,
+    SigmoidFocal,
+    SmoothL1,
+)
+from hardmine.models.backbones import BACKBONES
+from hardmine.models.dense_head import HEAD_NORMS
+from hardmine.models.iterative import IterativeRegression
 from hardmine.models.merge import MERGE_METHODS
 from hardmine.models.torchvision_detectors import TORCHVISION_DETECTORS, check_torchvision_detector
-from hardmine.sampling import SAMPLERS
-
-
-def opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    """A config field with its help text (shown by `--help`) and, for strings, its allowed values."""
-    meta = {"help": help, "choices": choices}
-    if isinstance(default, list | dict):
-        return field(default_factory=lambda: typing.cast(Any, type(default))(default), metadata=meta)
-    return field(default=default, metadata=meta)
+from hardmine.options import component, opt
+from hardmine.sampling import SAMPLERS, IoUThresholds, NoSampler, RandomSampler, Sampler
 
 
 def guided_loss_opt() -> Any:
@@ -39,7 +50,8 @@ def guided_loss_opt() -> Any:
     return opt(
         0.0,
         "sampling-free: rescale the cls loss each step to this multiple of the box loss (no gradient "
-        "through the factor; the box loss is then normalised by the foreground count); 0 = off, paper: 1",
+        "through the factor; the RPN's and RoI head's box loss is then averaged over the foreground "
+        "box coordinates); 0 = off, paper: 1",
     )
 
 
@@ -52,14 +64,35 @@ def class_adaptive_thresh_opt() -> Any:
     )
 
 
+def bias_init_opt(what: str) -> Any:
+    """The `bias_init` option of the three heads (sampling-free training)."""
+    return opt(
+        "default",
+        f"classification bias at start: {what}, or 'dataset' = sampling-free optimal prior from the "
+        "training set's assignments (cached; see docs/soft-sampling.md)",
+        BIAS_INITS,
+    )
+
+
+def sampler_opt(default: Any, what: str) -> Any:
+    return component(default, f"how {what} are chosen for the head's loss", SAMPLERS)
+
+
+def cls_loss_opt(default: Any, what: str, activation: str) -> Any:
+    losses = {name: loss for name, loss in CLS_LOSSES.items() if loss.activation == activation}
+    return component(default, what, losses)
+
+
+def reg_loss_opt(default: Any, what: str = "box regression loss (foreground only)") -> Any:
+    return component(default, what, REG_LOSSES)
+
+
 ARCHS = ("faster_rcnn", "fast_rcnn", "retinanet")
-BACKBONE_NAMES = ("tiny", "mobilenet_v2_fpn", "mobilenet_v3_fpn", "resnet18_fpn", "resnet50_fpn")
+#: Training augmentation steps (`data.augment`), in the order a pipeline applies them
+#: (`hardmine.data.transforms`).
+AUGMENT_STEPS = ("hflip", "color_jitter", "scale_jitter", "iou_crop")
+BACKBONE_NAMES = tuple(BACKBONES)
 SAMPLER_NAMES = tuple(SAMPLERS)
-ROI_CLS_LOSSES = tuple(CLS_LOSSES)
-ROI_REG_LOSSES = tuple(REG_LOSSES)
-#: The dense head's losses (`hardmine.models.dense_head.CLS_LOSS_NAMES` / `REG_LOSS_NAMES`).
-DENSE_CLS_LOSSES = ("focal", "bce", "ghm")
-DENSE_REG_LOSSES = ("l1", "smooth_l1", "giou", "balanced_l1", "ghm")
 #: Classification-bias initialisations: the head's usual one, or sampling-free's from dataset counts.
 BIAS_INITS = ("default", "dataset")
 
@@ -99,124 +132,74 @@ class ModelConfig:
     aspect_ratios: list[float] = opt([0.5, 1.0, 2.0], "anchor aspect ratios (h/w), the same on every level")
 
 
-OHEM_MODES = ("two_pass", "loss_mask")
-OHEM_RANKING = ("cls+box", "cls")
+class HeadConfig:
+    """What the three head sections share: the IoU labelling of their candidates, a sampler and two
+    losses (each section declares its own defaults)."""
+
+    sampler: Sampler
+    cls_loss: ClsLoss
+    reg_loss: RegLoss
+    fg_iou: float
+    bg_iou_lo: float | None
+    bg_iou_hi: float
+    guided_loss: float
+    #: The lower background bound where both the section's bg_iou_lo and its sampler leave it open.
+    fallback_bg_iou_lo: ClassVar[float] = 0.0
+
+    def resolved_bg_iou_lo(self, sampler: Sampler | None = None) -> float:
+        """bg_iou_lo, or where it is null the sampler's paper value (`Sampler.paper_bg_iou_lo`) of
+        `sampler` (default: the section's), else `fallback_bg_iou_lo`."""
+        sampler = self.sampler if sampler is None else sampler
+        for lo in (self.bg_iou_lo, sampler.paper_bg_iou_lo):
+            if lo is not None:
+                return lo
+        return self.fallback_bg_iou_lo
+
+    def thresholds(self, sampler: Sampler | None = None) -> IoUThresholds:
+        """How the head labels candidates for `sampler` (default: its own): foreground at IoU >=
+        fg_iou, background at `resolved_bg_iou_lo` <= IoU < bg_iou_hi, the rest ignored."""
+        return IoUThresholds(fg=self.fg_iou, bg_lo=self.resolved_bg_iou_lo(sampler), bg_hi=self.bg_iou_hi)
 
 
 @dataclass
-class OHEMConfig:
-    """Options of `sampler=ohem` (Shrivastava et al., CVPR 2016); defaults are the paper's."""
-
-    batch_size_per_image: int = opt(64, "B per image (paper: B/N = 128 / 2)")
-    per_image: bool = opt(
-        True, "the top B of each image (paper); false = the top B x images pooled over the whole batch"
-    )
-    nms_thresh: float | None = opt(
-        0.7, "NMS IoU among candidates, loss as score, per image and label; null = off"
-    )
-    rank_by: str = opt("cls+box", "loss terms that rank candidates", OHEM_RANKING)
-    fg_fraction: float | None = opt(
-        None, "optional quota: at most this fraction of B foreground; null = none"
-    )
-    bg_iou_lo: float = opt(0.0, "background at bg_iou_lo <= IoU < the head's bg_iou_hi (paper: 0)")
-    mode: str = opt("two_pass", "two_pass (read-only pass, then train on B) or loss_mask (naive)", OHEM_MODES)
-
-
-@dataclass
-class IoUBalancedConfig:
-    """Options of `sampler=iou_balanced` (Libra R-CNN, Pang et al., CVPR 2019); defaults are the paper's.
-
-    B and the foreground fraction are the head's batch_size_per_image and fg_fraction.
-    """
-
-    num_bins: int = opt(3, "equal-width IoU bins the background is drawn from evenly (paper: 3)")
-    floor_iou: float | None = opt(
-        None, "background below this IoU is drawn at random, not binned; null = no floor (paper)"
-    )
-    floor_fraction: float = opt(0.0, "share of the background drawn below floor_iou (paper: 0)")
-
-
-@dataclass
-class HardNegativeConfig:
-    """Options of `sampler=hard_negative` (SSD, Liu et al., ECCV 2016); defaults are the paper's."""
-
-    neg_pos_ratio: float = opt(3.0, "hardest background kept per foreground candidate (paper: 3)")
-    min_negatives_per_image: int = opt(
-        16, "background kept in any image, even one without objects (the paper has none: 0)"
-    )
-    bg_iou_lo: float = opt(0.0, "background at bg_iou_lo <= IoU < the head's bg_iou_hi (paper: 0)")
-
-
-@dataclass
-class RPNConfig:
-    sampler: str = opt("random", "how anchors are chosen for the RPN loss", SAMPLER_NAMES)
-    batch_size_per_image: int = opt(256, "sampled anchors per image (random and iou_balanced samplers)")
-    fg_fraction: float = opt(
-        0.5, "largest fraction of sampled anchors that are foreground (random and iou_balanced samplers)"
+class RPNConfig(HeadConfig):
+    sampler: Sampler = sampler_opt(
+        lambda: RandomSampler(batch_size_per_image=256, fg_fraction=0.5), "anchors"
     )
     fg_iou: float = opt(0.7, "anchor is foreground at IoU >= this (plus each box's best anchor)")
-    bg_iou_lo: float = opt(0.0, "anchor is background at bg_iou_lo <= IoU < bg_iou_hi")
+    bg_iou_lo: float | None = opt(
+        0.0, "anchor is background at bg_iou_lo <= IoU < bg_iou_hi; null = the sampler's paper value or 0"
+    )
     bg_iou_hi: float = opt(0.3, "upper bound of the background IoU range")
+    cls_loss: ClsLoss = cls_loss_opt(lambda: BCE(alpha=-1.0), "objectness loss (sigmoid, one class)", SIGMOID)
+    reg_loss: RegLoss = reg_loss_opt(SmoothL1)
     pre_nms_top_n_train: int = opt(2000, "proposals per level kept before NMS, training")
     pre_nms_top_n_test: int = opt(1000, "proposals per level kept before NMS, evaluation")
     post_nms_top_n_train: int = opt(2000, "proposals per image kept after NMS, training")
     post_nms_top_n_test: int = opt(1000, "proposals per image kept after NMS, evaluation")
     nms_thresh: float = opt(0.7, "NMS IoU threshold between proposals")
-    smooth_l1_beta: float = opt(1.0 / 9, "beta of the smooth L1 box loss")
     guided_loss: float = guided_loss_opt()
-    bias_init: str = opt(
-        "default",
-        "classification bias at start: torchvision's (0) or 'dataset' = sampling-free optimal prior "
-        "from the training set's fg/bg counts (cached; see docs/soft-sampling.md)",
-        BIAS_INITS,
-    )
-    ohem: OHEMConfig = field(default_factory=OHEMConfig)
-    iou_balanced: IoUBalancedConfig = field(default_factory=IoUBalancedConfig)
-    hard_negative: HardNegativeConfig = field(default_factory=HardNegativeConfig)
+    bias_init: str = bias_init_opt("torchvision's (0)")
 
 
 @dataclass
-class IterativeRegressionConfig:
-    """Test-time iterative box regression of the RoI head (Gidaris & Komodakis, ICCV 2015), as in the
-    OHEM paper: 1 round, NMS 0.3, box voting at IoU 0.5. See docs/test-time-and-mining.md."""
-
-    rounds: int = opt(
-        0, "test time: rounds re-scoring and re-regressing the head's own boxes; 0 = off (OHEM paper: 1)"
-    )
-    nms_thresh: float = opt(0.3, "per-class NMS IoU merging the detections of all rounds (paper: 0.3)")
-    box_voting: bool = opt(
-        True, "replace each kept box by the score-weighted mean of its class's boxes overlapping it"
-    )
-    voting_iou: float = opt(0.5, "box voting: boxes overlapping a kept box at IoU >= this vote (paper: 0.5)")
-
-
-@dataclass
-class RoIHeadConfig:
-    sampler: str = opt("random", "how RoIs are chosen for the RoI-head loss", SAMPLER_NAMES)
-    batch_size_per_image: int = opt(512, "sampled RoIs per image, B (random and iou_balanced samplers)")
-    fg_fraction: float = opt(
-        0.25, "largest fraction of sampled RoIs that are foreground (random and iou_balanced samplers)"
-    )
+class RoIHeadConfig(HeadConfig):
+    sampler: Sampler = sampler_opt(lambda: RandomSampler(batch_size_per_image=512, fg_fraction=0.25), "RoIs")
     fg_iou: float = opt(0.5, "RoI is foreground at IoU >= this")
-    bg_iou_lo: float = opt(0.1, "RoI is background at bg_iou_lo <= IoU < bg_iou_hi")
+    bg_iou_lo: float | None = opt(
+        None,
+        "RoI is background at bg_iou_lo <= IoU < bg_iou_hi; null = the sampler's paper value "
+        "(ohem, hard_negative: 0), else Fast R-CNN's 0.1",
+    )
     bg_iou_hi: float = opt(0.5, "upper bound of the background IoU range")
-    cls_loss: str = opt("ce", "classification loss (softmax over C + 1 classes)", ROI_CLS_LOSSES)
-    reg_loss: str = opt("smooth_l1", "box regression loss on encoded deltas", ROI_REG_LOSSES)
-    smooth_l1_beta: float = opt(1.0 / 9, "beta of the smooth L1 box loss")
-    focal_gamma: float = opt(2.0, "gamma of the softmax focal loss (cls_loss=softmax_focal; no alpha)")
-    label_smoothing: float = opt(
-        0.0, "cls_loss=ce: train against (1 - eps) one-hot + eps / (C + 1); 0 = off, 0.1 typical"
+    cls_loss: ClsLoss = cls_loss_opt(
+        CrossEntropy, "classification loss (softmax over C + 1 classes)", SOFTMAX
     )
-    balanced_l1_alpha: float = opt(0.5, "alpha of the balanced L1 box loss (Libra R-CNN: 0.5)")
-    balanced_l1_gamma: float = opt(1.5, "gamma of the balanced L1 box loss (Libra R-CNN: 1.5)")
-    balanced_l1_beta: float = opt(1.0, "beta of the balanced L1 box loss (Libra Faster R-CNN: 1.0)")
+    reg_loss: RegLoss = reg_loss_opt(
+        SmoothL1, "box regression loss on class-specific deltas (foreground only)"
+    )
     guided_loss: float = guided_loss_opt()
-    bias_init: str = opt(
-        "default",
-        "classification bias at start: torchvision's (0) or 'dataset' = sampling-free optimal prior "
-        "from the training set's RoI counts (cached; see docs/soft-sampling.md)",
-        BIAS_INITS,
-    )
+    bias_init: str = bias_init_opt("torchvision's (0)")
     class_adaptive_thresh: bool = class_adaptive_thresh_opt()
     representation_size: int = opt(256, "width of the two fully connected layers of the box head")
     roi_output_size: int = opt(7, "RoIAlign output size")
@@ -228,47 +211,27 @@ class RoIHeadConfig:
     score_thresh: float = opt(0.05, "drop detections scoring below this")
     nms_thresh: float = opt(0.5, "per-class NMS IoU threshold at inference")
     detections_per_img: int = opt(100, "detections kept per image")
-    ohem: OHEMConfig = field(default_factory=OHEMConfig)
-    iou_balanced: IoUBalancedConfig = field(default_factory=IoUBalancedConfig)
-    hard_negative: HardNegativeConfig = field(default_factory=HardNegativeConfig)
-    iterative: IterativeRegressionConfig = field(default_factory=IterativeRegressionConfig)
+    iterative: IterativeRegression = field(default_factory=IterativeRegression)
+
+    fallback_bg_iou_lo: ClassVar[float] = 0.1
 
 
 @dataclass
-class DenseHeadConfig:
-    sampler: str = opt(
-        "none", "how anchors are chosen for the loss ('none' = all, as RetinaNet)", SAMPLER_NAMES
-    )
-    batch_size_per_image: int = opt(256, "sampled anchors per image (random and iou_balanced samplers)")
-    fg_fraction: float = opt(
-        0.25, "largest fraction of sampled anchors that are foreground (random and iou_balanced samplers)"
-    )
+class DenseHeadConfig(HeadConfig):
+    sampler: Sampler = sampler_opt(NoSampler, "anchors ('none' = all, as RetinaNet)")
     fg_iou: float = opt(0.5, "anchor is foreground at IoU >= this (plus each box's best anchor)")
-    bg_iou_lo: float = opt(0.0, "anchor is background at bg_iou_lo <= IoU < bg_iou_hi")
+    bg_iou_lo: float | None = opt(
+        0.0, "anchor is background at bg_iou_lo <= IoU < bg_iou_hi; null = the sampler's paper value or 0"
+    )
     bg_iou_hi: float = opt(0.4, "upper bound of the background IoU range")
-    cls_loss: str = opt(
-        "focal",
+    cls_loss: ClsLoss = cls_loss_opt(
+        SigmoidFocal,
         "classification loss (sigmoid; ghm = GHM-C, normalised by its own element count)",
-        DENSE_CLS_LOSSES,
+        SIGMOID,
     )
-    reg_loss: str = opt(
-        "l1", "box regression loss (ghm = GHM-R, normalised by its own coordinate count)", DENSE_REG_LOSSES
+    reg_loss: RegLoss = reg_loss_opt(
+        L1, "box regression loss (foreground only; ghm = GHM-R, normalised by its own coordinate count)"
     )
-    focal_alpha: float = opt(0.25, "alpha of focal loss / alpha-balanced BCE; negative = off")
-    focal_gamma: float = opt(2.0, "gamma of focal loss")
-    label_smoothing: float = opt(
-        0.0, "sigmoid label smoothing: targets 1 - eps / 2 and eps / 2 instead of 1 and 0; 0 = off"
-    )
-    smooth_l1_beta: float = opt(1.0 / 9, "beta of the smooth L1 box loss")
-    balanced_l1_alpha: float = opt(0.5, "alpha of the balanced L1 box loss (Libra R-CNN: 0.5)")
-    balanced_l1_gamma: float = opt(1.5, "gamma of the balanced L1 box loss (Libra R-CNN: 1.5)")
-    balanced_l1_beta: float = opt(0.11, "beta of the balanced L1 box loss (Libra RetinaNet: 0.11)")
-    ghmc_bins: int = opt(30, "GHM-C: gradient-norm bins (official config: 30)")
-    ghmc_momentum: float = opt(0.75, "GHM-C: EMA momentum of the bin counts; 0 = off (official: 0.75)")
-    ghmr_mu: float = opt(0.02, "GHM-R: mu of the authentic smooth L1 (official: 0.02)")
-    ghmr_bins: int = opt(10, "GHM-R: gradient-norm bins (official: 10)")
-    ghmr_momentum: float = opt(0.7, "GHM-R: EMA momentum of the bin counts; 0 = off (official: 0.7)")
-    ghmr_loss_weight: float = opt(10.0, "GHM-R: weight of the box loss (official: 10)")
     normalizer_momentum: float = opt(
         0.9,
         "EMA momentum of the foreground-count loss normaliser across iterations (detectron2: 0.9); "
@@ -277,26 +240,18 @@ class DenseHeadConfig:
     normalizer_init: float = opt(100.0, "starting value of that EMA (detectron2: 100)")
     prior_prob: float = opt(0.01, "initial foreground probability of the classification bias")
     guided_loss: float = guided_loss_opt()
-    bias_init: str = opt(
-        "default",
-        "classification bias at start: from prior_prob, or 'dataset' = sampling-free optimal prior "
-        "N_f / (N * C) from the training set's anchors (cached; see docs/soft-sampling.md)",
-        BIAS_INITS,
-    )
+    bias_init: str = bias_init_opt("from prior_prob")
     class_adaptive_thresh: bool = class_adaptive_thresh_opt()
     num_convs: int = opt(4, "conv layers in each head tower")
     head_norm: str = opt(
         "group",
         "normalisation in the head towers: GroupNorm (trains much faster from scratch) or none",
-        ("group", "none"),
+        HEAD_NORMS,
     )
     score_thresh: float = opt(0.05, "drop detections scoring below this")
     nms_thresh: float = opt(0.5, "per-class NMS IoU threshold at inference")
     detections_per_img: int = opt(100, "detections kept per image")
     topk_candidates: int = opt(1000, "best anchors per level considered at inference")
-    ohem: OHEMConfig = field(default_factory=OHEMConfig)
-    iou_balanced: IoUBalancedConfig = field(default_factory=IoUBalancedConfig)
-    hard_negative: HardNegativeConfig = field(default_factory=HardNegativeConfig)
 
 
 #: `data.on_invalid` policies and `data.check_images` modes (`hardmine.data.check.IMAGE_CHECKS`).
@@ -492,78 +447,55 @@ class Config:
     output_dir: str = opt("runs/default", "where checkpoints, logs and metrics go")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return options.to_dict(self)
 
 
-def _field_type(section: Any, name: str) -> Any:
-    return typing.get_type_hints(type(section))[name]
+HEADS = ("rpn", "roi_head", "dense_head")
+
+#: Keys of a head section that hardmine once had, and where each went (relative to the section).
+MOVED_HEAD_KEYS = {
+    "batch_size_per_image": "sampler.batch_size_per_image",
+    "fg_fraction": "sampler.fg_fraction",
+    "ohem": "sampler",
+    "iou_balanced": "sampler",
+    "hard_negative": "sampler",
+    "focal_alpha": "cls_loss.alpha",
+    "focal_gamma": "cls_loss.gamma",
+    "label_smoothing": "cls_loss.label_smoothing",
+    "ghmc_bins": "cls_loss.bins",
+    "ghmc_momentum": "cls_loss.momentum",
+    "smooth_l1_beta": "reg_loss.beta",
+    "balanced_l1_alpha": "reg_loss.alpha",
+    "balanced_l1_gamma": "reg_loss.gamma",
+    "balanced_l1_beta": "reg_loss.beta",
+    "ghmr_mu": "reg_loss.mu",
+    "ghmr_bins": "reg_loss.bins",
+    "ghmr_momentum": "reg_loss.momentum",
+    "ghmr_loss_weight": "reg_loss.loss_weight",
+}
 
 
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Check/convert a parsed value against a field annotation; ConfigError names the key."""
-    origin = typing.get_origin(annotation)
-    if annotation is type(None):
-        if value is None:
-            return None
-    elif annotation is bool:
-        if isinstance(value, bool):
-            return value
-    elif annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif annotation is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    elif annotation is str:
-        if value is None:
-            return ""
-        if isinstance(value, str | int | float) and not isinstance(value, bool):
-            return str(value)
-    elif origin is list:
-        (inner,) = typing.get_args(annotation)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            value = [value]
-        if isinstance(value, list | tuple):
-            return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
-    elif origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(annotation):
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                continue
-    type_name = getattr(annotation, "__name__", str(annotation))
-    raise ConfigError(f"{key}: expected {type_name}, got {value!r}")
-
-
-def _set(cfg: Config, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node: Any = cfg
-    for depth, part in enumerate(parts):
-        names = [f.name for f in fields(node)]
-        if part not in names:
-            where = ".".join(parts[:depth]) or "the top level"
-            valid = ", ".join(_key_list(node, ".".join(parts[:depth])))
-            raise ConfigError(
-                f"unknown config key {dotted!r}: {part!r} is not a key of {where}; valid: {valid}"
-            )
-        if depth == len(parts) - 1:
-            if dataclasses.is_dataclass(getattr(node, part)):
-                if not isinstance(value, dict):
-                    raise ConfigError(f"{dotted}: is a section; set one of its keys, e.g. {dotted}.KEY=VALUE")
-                for k, v in value.items():
-                    _set(cfg, f"{dotted}.{k}", v)
-                return
-            setattr(node, part, _coerce(value, _field_type(node, part), dotted))
-        else:
-            node = getattr(node, part)
-            if not dataclasses.is_dataclass(node):
-                raise ConfigError(
-                    f"unknown config key {dotted!r}: {'.'.join(parts[: depth + 1])} has no sub-keys"
-                )
-
-
-def _key_list(node: Any, prefix: str) -> list[str]:
-    return [f"{prefix}.{f.name}" if prefix else f.name for f in fields(node)]
+def _moved_key(section: Any, prefix: str, part: str, full: str) -> str | None:
+    """The error for a head key that was replaced: where it went, and which samplers or losses
+    have that option (e.g. roi_head.ohem.nms_thresh -> roi_head.sampler.nms_thresh)."""
+    if not isinstance(section, HeadConfig) or part not in MOVED_HEAD_KEYS:
+        return None
+    new = MOVED_HEAD_KEYS[part]
+    below = full[len(prefix) + len(part) + 2 :] if full != f"{prefix}.{part}" else ""
+    if new == "sampler" and below:  # e.g. ohem.nms_thresh
+        new = "bg_iou_lo" if below == "bg_iou_lo" else f"sampler.{below}"
+    head_field, _, option = new.partition(".")
+    hint = ""
+    if head_field in ("sampler", "cls_loss", "reg_loss"):
+        choices = {f.name: f for f in fields(section)}[head_field].metadata["classes"]
+        having = [n for n, cls in choices.items() if option in {f.name for f in options.option_fields(cls)}]
+        names = part if part in choices else "|".join(having) or "NAME"
+        hint = (
+            f" (with {prefix}.{head_field}={names})"
+            if option
+            else f" ({prefix}.{head_field}={names}, or a mapping {{name: {names}, OPTION: VALUE}})"
+        )
+    return f"config key {full!r} was replaced by {prefix}.{new}{hint}"
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -578,24 +510,15 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def apply_mapping(cfg: Config, mapping: dict[str, Any], prefix: str = "") -> None:
+def set_key(cfg: Config, key: str, value: Any) -> None:
+    """Set one dotted key (an option, a section from a mapping, a sampler or loss by name or mapping)."""
+    options.assign(cfg, key, value, _moved_key)
+
+
+def apply_mapping(cfg: Config, mapping: dict[str, Any]) -> None:
     """Apply a nested mapping (a YAML preset) onto `cfg`."""
     for key, value in mapping.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        node_value = _lookup(cfg, dotted)
-        if dataclasses.is_dataclass(node_value) and isinstance(value, dict):
-            apply_mapping(cfg, value, dotted)
-        else:
-            _set(cfg, dotted, value)
-
-
-def _lookup(cfg: Config, dotted: str) -> Any:
-    node: Any = cfg
-    for part in dotted.split("."):
-        if not dataclasses.is_dataclass(node) or part not in {f.name for f in fields(node)}:
-            _set(cfg, dotted, None)  # raises the unknown-key error with the valid keys
-        node = getattr(node, part)
-    return node
+        set_key(cfg, str(key), value)
 
 
 def read_yaml_mapping(path: Path, kind: str, expected: str) -> dict[str, Any]:
@@ -612,16 +535,39 @@ def read_yaml_mapping(path: Path, kind: str, expected: str) -> dict[str, Any]:
     return data
 
 
+def preset_chain(path: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """The mappings of a preset and of the presets it starts from (`base:` at its top level: a
+    preset name or a path, relative to the preset's folder), the furthest base first."""
+    chain: list[tuple[Path, dict[str, Any]]] = []
+    while True:
+        mapping = read_yaml_mapping(path, "config file", "a mapping of config sections at the top level")
+        base = mapping.pop("base", None)
+        chain.append((path, mapping))
+        if base is None:
+            return chain[::-1]
+        if not isinstance(base, str) or not base.strip():
+            raise ConfigError(f"{path}: base: expected a preset name or a path, got {base!r}")
+        candidate = path.parent / base
+        if candidate.suffix not in (".yaml", ".yml"):
+            candidate = candidate.with_name(f"{candidate.name}.yaml")
+        if not candidate.is_file():
+            raise ConfigError(f"{path}: base preset {base!r} not found (no file {candidate})")
+        if candidate.resolve() in [p.resolve() for p, _ in chain]:
+            cycle = " -> ".join(str(p) for p in [*(p for p, _ in chain), candidate])
+            raise ConfigError(f"{path}: base {base!r} makes the presets inherit in a cycle: {cycle}")
+        path = candidate
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML preset at `path` (if any), then `key=value` overrides; validated."""
+    """Defaults, then the YAML preset at `path` (if any; its bases first), then `key=value`
+    overrides; validated."""
     cfg = Config()
     if path is not None:
-        path = Path(path)
-        mapping = read_yaml_mapping(path, "config file", "a mapping of config sections at the top level")
-        try:
-            apply_mapping(cfg, mapping)
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+        for file, mapping in preset_chain(Path(path)):
+            try:
+                apply_mapping(cfg, mapping)
+            except ConfigError as exc:
+                raise ConfigError(f"{file}: {exc}") from None
     apply_overrides(cfg, overrides or [])
     return cfg
 
@@ -629,8 +575,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def apply_overrides(cfg: Config, overrides: list[str]) -> None:
     """Apply `key=value` strings onto `cfg`, then validate the result."""
     for text in overrides:
-        key, value = parse_override(text)
-        _set(cfg, key, value)
+        set_key(cfg, *parse_override(text))
     validate(cfg)
 
 
@@ -642,16 +587,9 @@ def config_from_dict(mapping: dict[str, Any]) -> Config:
     return cfg
 
 
-def _check_choices(node: Any, prefix: str) -> None:
-    for f in fields(node):
-        value = getattr(node, f.name)
-        key = f"{prefix}.{f.name}" if prefix else f.name
-        if dataclasses.is_dataclass(value):
-            _check_choices(value, key)
-        elif f.metadata.get("choices") and value not in f.metadata["choices"]:
-            raise ConfigError(
-                f"{key}={value!r} is not allowed; choose from {', '.join(f.metadata['choices'])}"
-            )
+def saved_config_with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's `Config.to_dict()` completed with today's defaults for keys added since."""
+    return options.with_defaults(Config(), saved)
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -660,51 +598,20 @@ def _require(ok: bool, key: str, message: str) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Check every value before any work starts; errors name the key and what is allowed."""
-    _check_choices(cfg, "")
-    for name in ("rpn", "roi_head", "dense_head"):
+    """Check every value before any work starts; errors name the key and what is allowed.
+
+    Samplers, losses and `roi_head.iterative` check their own options (`options.check`)."""
+    options.check(cfg)
+    for name in HEADS:
         head = getattr(cfg, name)
-        _require(head.batch_size_per_image > 0, f"{name}.batch_size_per_image", "must be > 0")
-        _require(0.0 <= head.fg_fraction <= 1.0, f"{name}.fg_fraction", "must be in [0, 1]")
-        o = head.ohem
-        _require(o.batch_size_per_image > 0, f"{name}.ohem.batch_size_per_image", "must be > 0")
+        lo = head.resolved_bg_iou_lo()
         _require(
-            o.nms_thresh is None or 0.0 < o.nms_thresh <= 1.0, f"{name}.ohem.nms_thresh", "in (0, 1] or null"
-        )
-        _require(
-            o.fg_fraction is None or 0.0 <= o.fg_fraction <= 1.0,
-            f"{name}.ohem.fg_fraction",
-            "in [0, 1] or null",
-        )
-        _require(
-            0.0 <= o.bg_iou_lo <= head.bg_iou_hi,
-            f"{name}.ohem.bg_iou_lo",
-            f"must be in [0, {name}.bg_iou_hi]",
-        )
-        b = head.iou_balanced
-        _require(b.num_bins >= 1, f"{name}.iou_balanced.num_bins", "must be >= 1")
-        _require(
-            b.floor_iou is None or 0.0 < b.floor_iou <= 1.0,
-            f"{name}.iou_balanced.floor_iou",
-            "in (0, 1] or null",
-        )
-        _require(0.0 <= b.floor_fraction <= 1.0, f"{name}.iou_balanced.floor_fraction", "must be in [0, 1]")
-        h = head.hard_negative
-        _require(h.neg_pos_ratio >= 0, f"{name}.hard_negative.neg_pos_ratio", "must be >= 0")
-        _require(
-            h.min_negatives_per_image >= 0, f"{name}.hard_negative.min_negatives_per_image", "must be >= 0"
-        )
-        _require(
-            0.0 <= h.bg_iou_lo <= head.bg_iou_hi,
-            f"{name}.hard_negative.bg_iou_lo",
-            f"must be in [0, {name}.bg_iou_hi]",
-        )
-        _require(
-            0.0 <= head.bg_iou_lo <= head.bg_iou_hi <= head.fg_iou <= 1.0,
+            0.0 <= lo <= head.bg_iou_hi <= head.fg_iou <= 1.0,
             f"{name}.fg_iou/bg_iou_lo/bg_iou_hi",
-            f"need 0 <= bg_iou_lo <= bg_iou_hi <= fg_iou <= 1, got bg_iou_lo={head.bg_iou_lo}, "
+            f"need 0 <= bg_iou_lo <= bg_iou_hi <= fg_iou <= 1, got bg_iou_lo={lo}, "
             f"bg_iou_hi={head.bg_iou_hi}, fg_iou={head.fg_iou}",
         )
+        _require(head.guided_loss >= 0, f"{name}.guided_loss", "must be >= 0 (0 = off)")
     _require(
         all(s > 0 for s in cfg.model.min_size) and cfg.model.min_size, "model.min_size", "positive sizes"
     )
@@ -712,32 +619,10 @@ def validate(cfg: Config) -> None:
     _require(cfg.model.size_period >= 1, "model.size_period", "must be >= 1")
     _require(all(r > 0 for r in cfg.model.aspect_ratios), "model.aspect_ratios", "must be > 0")
     _require(cfg.roi_head.score_chunk_size > 0, "roi_head.score_chunk_size", "must be > 0")
-    for name in ("rpn", "roi_head", "dense_head"):
-        _require(getattr(cfg, name).guided_loss >= 0, f"{name}.guided_loss", "must be >= 0 (0 = off)")
-    for name in ("roi_head", "dense_head"):
-        eps = getattr(cfg, name).label_smoothing
-        _require(0.0 <= eps < 1.0, f"{name}.label_smoothing", "must be in [0, 1) (0 = off)")
-    _require(
-        cfg.roi_head.label_smoothing == 0 or cfg.roi_head.cls_loss == "ce",
-        "roi_head.label_smoothing",
-        f"applies to roi_head.cls_loss=ce only (got {cfg.roi_head.cls_loss!r})",
-    )
     d = cfg.dense_head
     _require(0.0 < d.prior_prob < 1.0, "dense_head.prior_prob", "must be in (0, 1)")
-    _require(d.focal_alpha <= 1.0, "dense_head.focal_alpha", "must be in [0, 1], or negative (off)")
     _require(0.0 <= d.normalizer_momentum < 1.0, "dense_head.normalizer_momentum", "must be in [0, 1)")
     _require(d.normalizer_init > 0, "dense_head.normalizer_init", "must be > 0")
-    for key in ("ghmc", "ghmr"):
-        _require(getattr(d, f"{key}_bins") >= 1, f"dense_head.{key}_bins", "must be >= 1")
-        _require(
-            0.0 <= getattr(d, f"{key}_momentum") < 1.0, f"dense_head.{key}_momentum", "must be in [0, 1)"
-        )
-    _require(d.ghmr_mu > 0, "dense_head.ghmr_mu", "must be > 0")
-    for name in ("dense_head", "roi_head"):
-        head = getattr(cfg, name)
-        for key in ("alpha", "gamma", "beta"):
-            _require(getattr(head, f"balanced_l1_{key}") > 0, f"{name}.balanced_l1_{key}", "must be > 0")
-    _require(cfg.roi_head.focal_gamma >= 0, "roi_head.focal_gamma", "must be >= 0")
     _require(cfg.data.batch_size > 0, "data.batch_size", "must be > 0")
     _require(cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0")
     _require(0.0 <= cfg.data.hflip_prob <= 1.0, "data.hflip_prob", "must be in [0, 1]")
@@ -788,8 +673,6 @@ def _validate_limits(cfg: Config) -> None:
     for key in ("pre_nms_top_n_train", "pre_nms_top_n_test", "post_nms_top_n_train", "post_nms_top_n_test"):
         _require(getattr(r, key) > 0, f"rpn.{key}", "must be > 0")
     _require(0.0 < r.nms_thresh <= 1.0, "rpn.nms_thresh", "must be in (0, 1]")
-    for name in ("rpn", "roi_head", "dense_head"):
-        _require(getattr(cfg, name).smooth_l1_beta >= 0, f"{name}.smooth_l1_beta", "must be >= 0")
     for name in ("roi_head", "dense_head"):
         head = getattr(cfg, name)
         _require(0.0 <= head.score_thresh <= 1.0, f"{name}.score_thresh", "must be in [0, 1]")
@@ -799,10 +682,8 @@ def _validate_limits(cfg: Config) -> None:
     _require(h.representation_size > 0, "roi_head.representation_size", "must be > 0")
     _require(h.roi_output_size > 0, "roi_head.roi_output_size", "must be > 0")
     d = cfg.dense_head
-    _require(d.focal_gamma >= 0, "dense_head.focal_gamma", "must be >= 0")
     _require(d.num_convs >= 0, "dense_head.num_convs", "must be >= 0")
     _require(d.topk_candidates > 0, "dense_head.topk_candidates", "must be > 0")
-    _require(d.ghmr_loss_weight >= 0, "dense_head.ghmr_loss_weight", "must be >= 0")
     data = cfg.data
     _require(data.synth_train > 0, "data.synth_train", "must be > 0")
     _require(data.synth_val > 0, "data.synth_val", "must be > 0")
@@ -830,16 +711,12 @@ def _validate_limits(cfg: Config) -> None:
 
 
 def _validate_test_time_and_mining(cfg: Config) -> None:
-    """The `eval` multi-scale options, `roi_head.iterative` and `mining`."""
+    """The `eval` multi-scale options and `mining`."""
     e = cfg.eval
     _require(all(s > 0 for s in e.scales), "eval.scales", "must be positive sizes")
     for key in ("merge_iou", "vote_iou"):
         _require(0.0 < getattr(e, key) <= 1.0, f"eval.{key}", "must be in (0, 1]")
     _require(e.max_detections > 0, "eval.max_detections", "must be > 0")
-    it = cfg.roi_head.iterative
-    _require(it.rounds >= 0, "roi_head.iterative.rounds", "must be >= 0 (0 = off)")
-    for key in ("nms_thresh", "voting_iou"):
-        _require(0.0 < getattr(it, key) <= 1.0, f"roi_head.iterative.{key}", "must be in (0, 1]")
     m = cfg.mining
     _require(m.weight > 0, "mining.weight", "must be > 0 (1 = no up-weighting)")
     _require(0.0 < m.anchor_iou <= 1.0, "mining.anchor_iou", "must be in (0, 1]")
@@ -880,24 +757,17 @@ def _validate_augmentation(cfg: Config) -> None:
 
 
 def describe_options() -> str:
-    """Every config key with its default and help text, for `--help`."""
-    lines = []
-
-    def walk(node: Any, prefix: str) -> None:
-        for f in fields(node):
-            value = getattr(node, f.name)
-            key = f"{prefix}.{f.name}" if prefix else f.name
-            if dataclasses.is_dataclass(value):
-                lines.append("")
-                walk(value, key)
-                continue
-            text = f.metadata.get("help", "")
-            if f.metadata.get("choices"):
-                text += f" [{'|'.join(f.metadata['choices'])}]"
-            shown = f"{value:.4g}" if isinstance(value, float) else repr(value)
-            lines.append(f"  {key}={shown}\n      {text}")
-
-    walk(Config(), "")
+    """Every config key with its default and help text, then every sampler and loss with its
+    options, for `--help`."""
+    lines = options.describe(Config())
+    lines += options.describe_choices("Samplers (HEAD.sampler=NAME; options HEAD.sampler.OPTION):", SAMPLERS)
+    lines += options.describe_choices(
+        "Classification losses (HEAD.cls_loss=NAME; options HEAD.cls_loss.OPTION; roi_head: softmax ones):",
+        CLS_LOSSES,
+    )
+    lines += options.describe_choices(
+        "Box losses (HEAD.reg_loss=NAME; options HEAD.reg_loss.OPTION):", REG_LOSSES
+    )
     return "\n".join(lines).lstrip("\n")
 
 

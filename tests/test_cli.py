@@ -20,7 +20,7 @@ def test_help_lists_commands_and_every_train_option(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = capsys.readouterr().out
-    assert "roi_head.batch_size_per_image=512" in out and "solver.amp='off'" in out
+    assert "roi_head.sampler.batch_size_per_image=512" in out and "solver.amp='off'" in out
 
 
 def test_python_dash_m_entry_point():

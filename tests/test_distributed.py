@@ -80,7 +80,7 @@ from hardmine import distributed
 from hardmine.engine import trainer
 from hardmine.engine.faults import guarded_step
 from hardmine.engine.logging import MetricLogger
-from hardmine.models.dense_head import DenseHead
+from hardmine.models.criterion import ForegroundNormaliser
 
 out, common = Path(sys.argv[1]), sys.argv[2:]
 TWO_STAGE_EXACT = json.loads(os.environ["TWO_STAGE_EXACT"])
@@ -97,9 +97,10 @@ with distributed.process_group("gloo", torch.device("cpu")) as run:
     checks["nan_on_rank1"] = [outcome.ok, outcome.reason]
     outcome = guarded_step(model, optimizer, {"loss": ddp(x * (rank + 1)).sum()})
     checks["next_step"] = [outcome.ok, model.weight.detach().flatten().tolist()]
-    plain, ema = DenseHead(8, 1, 2, normalizer_momentum=0.0), DenseHead(8, 1, 2)
-    checks["normaliser"] = float(plain._foreground_normaliser(torch.tensor(3 if rank == 0 else 0)))
-    checks["ema_normaliser"] = float(ema._foreground_normaliser(torch.tensor(3 if rank == 0 else 0)))
+    plain, ema = ForegroundNormaliser(momentum=0.0), ForegroundNormaliser()  # the dense head's
+    labels = torch.tensor([1, 2, 1] if rank == 0 else [0])  # 3 foreground samples on rank 0, none on 1
+    checks["normaliser"] = float(plain(len(labels), labels, False)[0])
+    checks["ema_normaliser"] = float(ema(len(labels), labels, False)[0])
     checks["averaged"] = distributed.average_scalars({"loss": float(rank), f"only_on_{rank}": 1.0})
     with distributed.main_process_first("the test file"):
         if rank == 0:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 import hardmine
 
 PACKAGE = Path(hardmine.__file__).parent
@@ -95,11 +93,6 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="two type-only cycles left to the config/models refactor (issue 15, R1): hardmine.config <-> "
-    "hardmine.data.transforms and hardmine.models.iterative <-> hardmine.models.roi_head",
-)
 def test_no_import_cycles_inside_the_package():
     assert cycles(import_graph()) == []
 

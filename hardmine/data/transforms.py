@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -33,11 +33,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-if TYPE_CHECKING:
-    from hardmine.config import DataConfig
+from hardmine.config import AUGMENT_STEPS, DataConfig
 
-#: Training augmentation steps (`data.augment`), in the order a pipeline applies them.
-AUGMENT_STEPS = ("hflip", "color_jitter", "scale_jitter", "iou_crop")
 #: Steps that can push boxes out of the image or shrink them: the pipeline then sanitizes the target.
 CROPPING_STEPS = ("scale_jitter", "iou_crop")
 #: Box-valued target entries; each is a `tv_tensors.BoundingBoxes` inside a pipeline.

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hardmine import distributed
-from hardmine.config import Config
+from hardmine.config import Config, saved_config_with_defaults
 from hardmine.engine.checkpoint import LAST, require_keys
 from hardmine.errors import CheckpointError
 
@@ -52,7 +52,7 @@ def check_resumable(ckpt: dict[str, Any], cfg: Config, run: distributed.ProcessC
     with another config (`RESUME_FREE_KEYS` aside)."""
     require_keys(ckpt, RESUME_KEYS, path)
     _check_world_size(ckpt, run, path)
-    saved = _with_defaults(Config().to_dict(), ckpt["config"])
+    saved = saved_config_with_defaults(ckpt["config"])
     diff = config_diff(_resume_relevant(saved), _resume_relevant(cfg.to_dict()))
     if diff:
         raise CheckpointError(f"--resume: {path} was written with a different config: {diff}")
@@ -95,16 +95,6 @@ def _check_world_size(ckpt: dict[str, Any], run: distributed.ProcessContext, pat
         )
     if run.distributed:
         require_keys(ckpt, ("rng_per_rank",), path)
-
-
-def _with_defaults(defaults: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
-    """`saved` (a checkpoint's config) completed with `defaults` for keys added since it was written."""
-    out = dict(defaults)
-    for key, value in saved.items():
-        base = defaults.get(key)
-        both_sections = isinstance(base, dict) and isinstance(value, dict)
-        out[key] = _with_defaults(base, value) if both_sections else value
-    return out
 
 
 def _resume_relevant(config: dict[str, Any]) -> dict[str, Any]:

@@ -89,7 +89,8 @@ def with_sampler(
              only. Anything else, or a model whose head was already replaced, raises TypeError.
     sampler: any hardmine sampler, e.g. `OHEMSampler()`; it becomes the head's (`model.roi_heads.sampler`,
              whose `last_stats` hold its per-iteration diagnostics).
-    roi_head_options: further `RoIHead` arguments (`cls_loss`, `reg_loss`, `smooth_l1_beta`,
+    roi_head_options: further `RoIHead` arguments (`cls_loss`, `reg_loss`: entries of
+             `hardmine.losses.CLS_LOSSES` / `REG_LOSSES` such as `SoftmaxFocal(gamma=1.0)`;
              `add_gt_as_proposals`), or overrides of the settings taken from the model
              (`box_coder_weights`, `score_thresh`, `nms_thresh`, `detections_per_img`).
 

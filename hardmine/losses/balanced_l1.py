@@ -15,9 +15,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
-
-from hardmine.losses.reduction import check_reduction, weight_reduce_loss
+from torch import Tensor
 
 
 def balanced_l1_loss(
@@ -26,39 +24,13 @@ def balanced_l1_loss(
     alpha: float = 0.5,
     gamma: float = 1.5,
     beta: float = 1.0,
-    reduction: str = "none",
 ) -> Tensor:
-    """Elementwise balanced L1 of `pred - target` (same shape), reduced by none / mean / sum."""
+    """Elementwise balanced L1 of `pred - target` (same shape)."""
     if alpha <= 0 or gamma <= 0 or beta <= 0:
         raise ValueError(f"alpha, gamma and beta must be > 0, got {alpha}, {gamma}, {beta}")
-    check_reduction(reduction)
     x = (pred - target).abs()
     b = math.expm1(gamma / alpha)
     xi = x.clamp_max(beta)  # the inlier piece is only used below beta; clamping keeps it finite
     inlier = alpha / b * (b * xi + 1) * torch.log1p(b * xi / beta) - alpha * xi
     outlier = gamma * x + (gamma / b - alpha * beta)
-    return weight_reduce_loss(torch.where(x < beta, inlier, outlier), None, reduction)
-
-
-class BalancedL1Loss(nn.Module):
-    """`balanced_l1_loss` with the `weight` (per element) / `reduction` / `avg_factor` convention."""
-
-    def __init__(
-        self, alpha: float = 0.5, gamma: float = 1.5, beta: float = 1.0, reduction: str = "mean"
-    ) -> None:
-        super().__init__()
-        check_reduction(reduction)
-        self.alpha = alpha
-        self.gamma = gamma
-        self.beta = beta
-        self.reduction = reduction
-
-    def forward(
-        self,
-        pred: Tensor,
-        target: Tensor,
-        weight: Tensor | None = None,
-        avg_factor: float | Tensor | None = None,
-    ) -> Tensor:
-        loss = balanced_l1_loss(pred, target, self.alpha, self.gamma, self.beta)
-        return weight_reduce_loss(loss, weight, self.reduction, avg_factor)
+    return torch.where(x < beta, inlier, outlier)

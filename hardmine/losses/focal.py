@@ -23,10 +23,8 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
-
-from hardmine.losses.reduction import check_reduction, weight_reduce_loss
 
 #: Elements per chunk on the CPU. Below ATen's parallel grain size (32768 elements) every op of a
 #: chunk runs on one thread with no OpenMP barrier (which costs milliseconds when other processes
@@ -37,6 +35,13 @@ DEVICE_CHUNK = 1 << 20
 #: Smallest positive normal float32; keeps q ** (gamma - 1) finite when gamma < 1 and q underflows.
 _TINY = torch.finfo(torch.float32).tiny
 _LOG2_E = 1.0 / math.log(2.0)
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def check_reduction(reduction: str) -> None:
+    """Raise ValueError unless `reduction` is one of none / mean / sum."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
 def _focal_chunk(
@@ -205,61 +210,3 @@ def softmax_focal_loss(
     elif reduction == "mean":
         loss = loss.sum() / valid.sum().clamp_min(1)
     return loss.to(logits.dtype)
-
-
-class SigmoidFocalLoss(nn.Module):
-    """`sigmoid_focal_loss` with the `weight` (per element) / `reduction` / `avg_factor` convention."""
-
-    def __init__(self, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "mean") -> None:
-        super().__init__()
-        check_reduction(reduction)
-        self.alpha = alpha
-        self.gamma = gamma
-        self.reduction = reduction
-
-    def forward(
-        self,
-        inputs: Tensor,
-        targets: Tensor,
-        weight: Tensor | None = None,
-        avg_factor: float | Tensor | None = None,
-    ) -> Tensor:
-        if weight is None and avg_factor is None:  # the reduction fuses into the loss
-            return sigmoid_focal_loss(inputs, targets, self.alpha, self.gamma, self.reduction)
-        if weight is None and self.reduction == "mean":
-            return sigmoid_focal_loss(inputs, targets, self.alpha, self.gamma, "sum") / avg_factor
-        loss = sigmoid_focal_loss(inputs, targets, self.alpha, self.gamma, "none")
-        return weight_reduce_loss(loss, weight, self.reduction, avg_factor)
-
-
-class SoftmaxFocalLoss(nn.Module):
-    """`softmax_focal_loss` with the `weight` (per sample) / `reduction` / `avg_factor` convention.
-
-    "mean" without `avg_factor` divides by the number of samples that are not ignored.
-    """
-
-    def __init__(
-        self,
-        alpha: float | Tensor | None = None,
-        gamma: float = 2.0,
-        reduction: str = "mean",
-        ignore_index: int = -100,
-    ) -> None:
-        super().__init__()
-        check_reduction(reduction)
-        self.alpha = alpha
-        self.gamma = gamma
-        self.reduction = reduction
-        self.ignore_index = ignore_index
-
-    def forward(
-        self,
-        logits: Tensor,
-        target: Tensor,
-        weight: Tensor | None = None,
-        avg_factor: float | Tensor | None = None,
-    ) -> Tensor:
-        loss = softmax_focal_loss(logits, target, self.alpha, self.gamma, "none", self.ignore_index)
-        if self.reduction == "mean" and avg_factor is None:  # ignored samples do not count
-            avg_factor = (target != self.ignore_index).sum().clamp_min(1)
-        return weight_reduce_loss(loss, weight, self.reduction, avg_factor)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hardmine.losses.reduction import check_reduction
+from hardmine.losses.focal import check_reduction
 
 
 def harmonizing_weights(

@@ -2,8 +2,8 @@
 
 Softmax heads over K classes (the RoI head: C objects + background) train against
 q'_i = (1 - eps) q_i + eps / K instead of the one-hot q, which is what
-`torch.nn.functional.cross_entropy(..., label_smoothing=eps)` computes; `softmax_cross_entropy`
-in `hardmine.losses.per_sample` passes `eps` to it.
+`torch.nn.functional.cross_entropy(..., label_smoothing=eps)` computes; the `ce` loss
+(`hardmine.losses.classification.CrossEntropy`) passes `eps` to it.
 
 Sigmoid heads (RetinaNet's one-vs-all classifier) solve C binary problems, so the same formula
 with K = 2 applies to each: a positive target becomes 1 - eps / 2 and a negative one eps / 2
@@ -15,16 +15,10 @@ from __future__ import annotations
 from torch import Tensor
 
 
-def check_label_smoothing(eps: float, name: str = "label_smoothing") -> float:
-    """`eps` if it is a valid smoothing strength (0 <= eps < 1), else a ValueError naming `name`."""
-    if not 0.0 <= eps < 1.0:
-        raise ValueError(f"{name} must be in [0, 1) (0 = off, 0.1 typical), got {eps}")
-    return eps
-
-
 def smooth_binary_targets(targets: Tensor, eps: float) -> Tensor:
     """Sigmoid label smoothing: t (1 - eps) + eps / 2 elementwise (0 -> eps / 2, 1 -> 1 - eps / 2)."""
-    check_label_smoothing(eps)
+    if not 0.0 <= eps < 1.0:
+        raise ValueError(f"label smoothing must be in [0, 1) (0 = off), got {eps}")
     if eps == 0.0:
         return targets
     return targets * (1.0 - eps) + eps / 2.0

@@ -15,18 +15,30 @@ boxes above `score_thresh`, typically far fewer than the proposals).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import clip_boxes_to_image, remove_small_boxes
 
 from hardmine.models.merge import merge_detections
 from hardmine.models.priors import score_thresholds
+from hardmine.options import opt, require
 
-if TYPE_CHECKING:
-    from hardmine.models.roi_head import RoIHead
+
+class RoIHead(Protocol):
+    """What the rounds use of the RoI head (`hardmine.models.roi_head.RoIHead`)."""
+
+    box_coder: BoxCoder
+    score_thresh: float
+    detections_per_img: int
+
+    def predict(
+        self, features: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
+    ) -> tuple[Tensor, Tensor]: ...
+
 
 #: Boxes narrower or lower than this (pixels) are dropped, as in the head's own post-processing.
 MIN_BOX_SIZE = 1e-2
@@ -100,26 +112,22 @@ def _above_threshold(head: RoIHead, d: ClassBoxes) -> ClassBoxes:
 
 @dataclass
 class IterativeRegression:
-    """Test-time iterative box regression of a RoI head; see the module docstring.
+    """Test-time iterative box regression of a RoI head (the config section `roi_head.iterative`);
+    see the module docstring. The paper's values are the defaults, except `rounds`, off (0)."""
 
-    rounds:     extra re-score / re-regress rounds (0 = off; the OHEM paper: 1).
-    nms_thresh: IoU of the per-class NMS that merges the detections of all rounds (paper: 0.3).
-    box_voting: replace each kept box by the score-weighted mean of the boxes it suppressed or
-                overlaps (its class, IoU >= `voting_iou`).
-    voting_iou: the overlap that makes a box vote (paper: 0.5).
-    """
-
-    rounds: int = 1
-    nms_thresh: float = 0.3
-    box_voting: bool = True
-    voting_iou: float = 0.5
+    rounds: int = opt(
+        0, "test time: rounds re-scoring and re-regressing the head's own boxes; 0 = off (OHEM paper: 1)"
+    )
+    nms_thresh: float = opt(0.3, "per-class NMS IoU merging the detections of all rounds (paper: 0.3)")
+    box_voting: bool = opt(
+        True, "replace each kept box by the score-weighted mean of its class's boxes overlapping it"
+    )
+    voting_iou: float = opt(0.5, "box voting: boxes overlapping a kept box at IoU >= this vote (paper: 0.5)")
 
     def __post_init__(self) -> None:
-        if self.rounds < 0:
-            raise ValueError(f"rounds must be >= 0, got {self.rounds}")
+        require(self.rounds >= 0, "rounds", "must be >= 0 (0 = off)")
         for name in ("nms_thresh", "voting_iou"):
-            if not 0.0 < getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+            require(0.0 < getattr(self, name) <= 1.0, name, "must be in (0, 1]")
 
     @torch.no_grad()
     def __call__(

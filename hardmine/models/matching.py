@@ -89,6 +89,7 @@ def candidates_from_matches(matches: list[Match], boxes: list[Tensor]) -> Candid
         boxes=boxes,
         ignore=[m.ignore for m in matches],
         force_fg=[m.force_fg for m in matches],
+        gt_index=[m.matched for m in matches],
     )
 
 

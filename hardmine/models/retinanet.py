@@ -14,13 +14,9 @@ from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
-from hardmine.models.backbones import build_backbone
 from hardmine.models.dense_head import DenseHead
 from hardmine.models.priors import score_thresholds
 from hardmine.models.transform import DetectionTransform
-
-#: Anchor aspect ratios (h / w) on every level.
-ASPECT_RATIOS = (0.5, 1.0, 2.0)
 
 
 class RetinaNet(nn.Module):
@@ -122,24 +118,3 @@ class RetinaNet(nn.Module):
             keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
             out.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
         return out
-
-
-def build_retinanet(
-    num_classes: int,
-    backbone: str = "tiny",
-    pretrained: bool = False,
-    min_size: int = 320,
-    max_size: int = 320,
-    **head_options: object,
-) -> RetinaNet:
-    """A RetinaNet with the named backbone, its default anchors and a `DenseHead(**head_options)`."""
-    body = build_backbone(backbone, pretrained=pretrained)
-    sizes = body.anchor_sizes
-    anchor_generator = AnchorGenerator(sizes, (ASPECT_RATIOS,) * len(sizes))
-    head = DenseHead(
-        body.out_channels,
-        anchor_generator.num_anchors_per_location()[0],
-        num_classes,
-        **head_options,  # type: ignore[arg-type]
-    )
-    return RetinaNet(body, head, anchor_generator, DetectionTransform(min_size, max_size))

@@ -233,15 +233,17 @@ def find_record(index: DatasetIndex, key: int | str) -> ImageRecord:
 
 
 def build_head_sampler(cfg: Config, head: str, name: str) -> Sampler:
-    """Sampler `name` with the options of `cfg`'s `head` section (e.g. roi_head.ohem for OHEM)."""
+    """Sampler `name` for `cfg`'s `head` section, labelling with the head's IoU thresholds: the
+    configured sampler (with its options) when it is that one, else `name` with its defaults."""
     if name not in SAMPLERS:
         raise ConfigError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
-    return build_sampler(dataclasses.replace(getattr(cfg, head), sampler=name))
+    section = getattr(cfg, head)
+    return build_sampler(section, section.sampler if section.sampler.name == name else SAMPLERS[name]())
 
 
 def sampler_name(sampler: Sampler) -> str:
-    """The config name of `sampler`'s class (its class name if it has none)."""
-    return next((name for name, cls in SAMPLERS.items() if type(sampler) is cls), type(sampler).__name__)
+    """The config name of `sampler` (its class name if it has none)."""
+    return getattr(type(sampler), "name", type(sampler).__name__)
 
 
 @contextlib.contextmanager
@@ -403,8 +405,9 @@ def render_selection(
     """Record and draw what `sampler` selects for `head` on `record`, an image of `index`.
 
     head: a config section name ("roi_head", "rpn", "dense_head"); None for the model's main head
-    (roi_head for Fast/Faster R-CNN, dense_head for RetinaNet). sampler: a sampler name, built with
-    the options of `cfg`'s `head` section (e.g. roi_head.ohem). Fast R-CNN reads the candidates of
+    (roi_head for Fast/Faster R-CNN, dense_head for RetinaNet). sampler: a sampler name, built by
+    `build_head_sampler` (the head's own options when it is the configured sampler, e.g.
+    roi_head.sampler.nms_thresh, else that sampler's defaults). Fast R-CNN reads the candidates of
     `index` from its configured training proposals file (data.train_proposals). highest_loss > 0:
     draw instead that many eligible candidates with the highest classification loss under the
     head's own loss (`draw_highest_loss`), for samplers that keep every candidate (`none`).

@@ -43,14 +43,15 @@ def pick_image(index: DatasetIndex, key: str | None) -> ImageRecord:
 
 
 def _loss_name(cfg: Config, head: str) -> str:
-    section = getattr(cfg, head)
-    if head != "dense_head":
-        return section.cls_loss
-    balanced = section.focal_alpha >= 0
-    alpha = f"alpha {section.focal_alpha:g}" if balanced else "no alpha"
-    if section.cls_loss == "focal":
-        return f"focal loss (gamma {section.focal_gamma:g}, {alpha})"
-    return f"alpha-balanced BCE ({alpha})" if balanced else "plain BCE"
+    loss = getattr(cfg, head).cls_loss
+    alpha = getattr(loss, "alpha", -1.0)
+    balanced = alpha >= 0
+    alpha_text = f"alpha {alpha:g}" if balanced else "no alpha"
+    if loss.name == "focal":
+        return f"focal loss (gamma {loss.gamma:g}, {alpha_text})"
+    if loss.name == "bce":
+        return f"alpha-balanced BCE ({alpha_text})" if balanced else "plain BCE"
+    return loss.name
 
 
 def _caption(name: str, cfg: Config, head: str, selection: Selection, top_k: int) -> str:
@@ -91,7 +92,7 @@ def render_example(
     index = resolve_split(cfg.data, "train")
     record = pick_image(index, image_key)
     head = MAIN_HEAD[cfg.model.arch]
-    sampler = getattr(cfg, head).sampler
+    sampler = getattr(cfg, head).sampler.name
     image, selection = render_selection(
         model, cfg, index, record, head=head, sampler=sampler, highest_loss=top_k if sampler == "none" else 0
     )

@@ -13,7 +13,7 @@ A spec is a YAML file (see docs/compare.md and configs/compare/default.yaml):
       - name: OHEM          # shown in tables and plots; unique
         family: two-stage   # optional (from model.arch): two-stage (Faster/Fast R-CNN) or one-stage
         preset: faster_rcnn_ohem   # a preset of configs/ (".yaml" optional) or a path to a YAML preset
-        overrides: [roi_head.ohem.nms_thresh=null]
+        overrides: [roi_head.sampler.nms_thresh=null]
 
 A run's config is its preset, then the spec's `overrides`, the run's `overrides`, the command line's
 overrides, and last what the comparison fixes for every run: `solver.max_iter` (the budget),

@@ -11,6 +11,11 @@ A sampler sees tensors only, never the head that owns it:
 
 It returns one `SampleResult` per image: the selected candidate indices, their target labels and,
 for methods that re-weight, per-sample loss weights.
+
+A sampler is a dataclass whose fields declared with `hardmine.options.opt` are its options: the config
+section `HEAD.sampler` (`roi_head.sampler: {name: ohem, batch_size_per_image: 64}`), its validation
+(`__post_init__`), `--help` and the build all derive from them. Its `name` is the one the config
+uses; `hardmine.sampling.SAMPLERS` finds every sampler of the package by it.
 """
 
 from __future__ import annotations
@@ -18,9 +23,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor
+
+from hardmine.options import check_choices
 
 #: Assigned label of a candidate that is neither foreground nor background (never sampled).
 IGNORE = -1
@@ -72,6 +80,8 @@ class Candidates:
     boxes:     [N_i, 4] candidate boxes (x1, y1, x2, y2), used by samplers that de-duplicate.
     ignore:    [N_i] bool, candidates inside an ignore region: never background.
     force_fg:  [N_i] bool, low-quality matches (the best candidate of a ground truth): foreground.
+    gt_index:  [N_i] long, which ground-truth box of the image that best box is (0 when none; see
+               `gt_labels`), for samplers that treat objects alike (instance balancing).
     """
 
     ious: list[Tensor]
@@ -79,6 +89,7 @@ class Candidates:
     boxes: list[Tensor]
     ignore: list[Tensor] | None = None
     force_fg: list[Tensor] | None = None
+    gt_index: list[Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.ious)
@@ -126,15 +137,32 @@ def assign_labels(candidates: Candidates, thresholds: IoUThresholds) -> list[Ten
 
 @dataclass
 class Sampler(ABC):
-    """Chooses which candidates train a head. Subclasses implement `select`."""
+    """Chooses which candidates train a head. Subclasses set `name` and implement `select`; their
+    options are their fields declared with `opt`, checked in `__post_init__` (call this one's).
+
+    `thresholds` is not an option: it is the labelling of the head that uses the sampler.
+    """
 
     thresholds: IoUThresholds = field(default_factory=IoUThresholds)
 
+    #: The sampler's name in configs (`roi_head.sampler=NAME`).
+    name: ClassVar[str]
     #: True when `select` needs the scoring callable (loss-ranking samplers).
-    needs_scores = False
+    needs_scores: ClassVar[bool] = False
+    #: The lower bound of the background IoU range in the sampler's paper, used where a head leaves
+    #: its `bg_iou_lo` unset (null); None: the sampler has none of its own.
+    paper_bg_iou_lo: ClassVar[float | None] = None
 
     def __post_init__(self) -> None:
+        check_choices(self)
         self.last_stats: dict[str, float] = {}
+
+    @property
+    def trains_by_loss_mask(self) -> bool:
+        """How a head trains the selection: False (the usual) runs the trainable pass over the
+        selected candidates only; True runs it over every candidate and zeroes the losses of the
+        unselected ones (one pass instead of a read-only pass plus a trainable one)."""
+        return False
 
     def __call__(self, candidates: Candidates, score_fn: ScoreFn | None = None) -> list[SampleResult]:
         if self.needs_scores and score_fn is None:

@@ -10,18 +10,21 @@ three per foreground one. `HardNegativeSampler.select`, per image:
    top int(neg_pos_ratio * num_fg), but at least `min_negatives_per_image` and never more than the
    image has; ignored candidates are never taken.
 
-The defaults are the paper's: foreground at IoU >= 0.5, background at IoU in [0, 0.5) and a 3:1
-negative:positive ratio. Unlike OHEM there is no NMS, no batch-wide budget and no box loss in the
-ranking: the foreground is kept entirely and the mining only bounds the background.
+The defaults are the paper's: foreground at IoU >= 0.5, background at IoU in [0, 0.5)
+(`paper_bg_iou_lo`, used where a head leaves its `bg_iou_lo` unset) and a 3:1 negative:positive
+ratio. Unlike OHEM there is no NMS, no batch-wide budget and no box loss in the ranking: the
+foreground is kept entirely and the mining only bounds the background.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from hardmine.options import opt, require
 from hardmine.sampling.base import Candidates, IoUThresholds, Sampler, SampleResult, ScoreFn, take
 
 
@@ -47,19 +50,19 @@ class HardNegativeSampler(Sampler):
     """
 
     thresholds: IoUThresholds = field(default_factory=lambda: IoUThresholds(fg=0.5, bg_lo=0.0, bg_hi=0.5))
-    #: Background kept per foreground candidate (SSD: 3).
-    neg_pos_ratio: float = 3.0
-    #: Background kept in any image, with or without foreground (when it has that many).
-    min_negatives_per_image: int = 16
+    neg_pos_ratio: float = opt(3.0, "hardest background kept per foreground candidate (paper: 3)")
+    min_negatives_per_image: int = opt(
+        16, "background kept in any image, even one without objects (the paper has none: 0)"
+    )
 
+    name: ClassVar[str] = "hard_negative"
     needs_scores = True
+    paper_bg_iou_lo = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.neg_pos_ratio < 0:
-            raise ValueError(f"neg_pos_ratio must be >= 0, got {self.neg_pos_ratio}")
-        if self.min_negatives_per_image < 0:
-            raise ValueError(f"min_negatives_per_image must be >= 0, got {self.min_negatives_per_image}")
+        require(self.neg_pos_ratio >= 0, "neg_pos_ratio", "must be >= 0")
+        require(self.min_negatives_per_image >= 0, "min_negatives_per_image", "must be >= 0")
 
     def select(
         self, labels: list[Tensor], candidates: Candidates, score_fn: ScoreFn | None

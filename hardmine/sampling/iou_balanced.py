@@ -27,10 +27,12 @@ K bins covers part of the actual range.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from hardmine.options import opt, require
 from hardmine.sampling.base import Candidates, IoUThresholds, Sampler, SampleResult, ScoreFn, take
 
 
@@ -49,27 +51,25 @@ class IoUBalancedSampler(Sampler):
     """
 
     thresholds: IoUThresholds = field(default_factory=lambda: IoUThresholds(fg=0.5, bg_lo=0.0, bg_hi=0.5))
-    batch_size_per_image: int = 512
-    fg_fraction: float = 0.25
-    #: Equal-width IoU bins of the background at or above the floor (Libra R-CNN: 3).
-    num_bins: int = 3
-    #: Background below this IoU is drawn at random instead of binned; None: no floor (Libra R-CNN).
-    floor_iou: float | None = None
-    #: Share of the background budget drawn below the floor (with a floor only).
-    floor_fraction: float = 0.0
+    batch_size_per_image: int = opt(512, "B: candidates sampled per image")
+    fg_fraction: float = opt(0.25, "largest fraction of B that is foreground, drawn at random")
+    num_bins: int = opt(3, "equal-width IoU bins the background is drawn from evenly (paper: 3)")
+    floor_iou: float | None = opt(
+        None, "background below this IoU is drawn at random, not binned; null = no floor (paper)"
+    )
+    floor_fraction: float = opt(0.0, "share of the background drawn below floor_iou (paper: 0)")
+
+    name: ClassVar[str] = "iou_balanced"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.batch_size_per_image <= 0:
-            raise ValueError(f"batch_size_per_image must be > 0, got {self.batch_size_per_image}")
-        if not 0.0 <= self.fg_fraction <= 1.0:
-            raise ValueError(f"fg_fraction must be in [0, 1], got {self.fg_fraction}")
-        if self.num_bins < 1:
-            raise ValueError(f"num_bins must be >= 1, got {self.num_bins}")
-        if self.floor_iou is not None and not 0.0 < self.floor_iou <= 1.0:
-            raise ValueError(f"floor_iou must be None (no floor) or in (0, 1], got {self.floor_iou}")
-        if not 0.0 <= self.floor_fraction <= 1.0:
-            raise ValueError(f"floor_fraction must be in [0, 1], got {self.floor_fraction}")
+        require(self.batch_size_per_image > 0, "batch_size_per_image", "must be > 0")
+        require(0.0 <= self.fg_fraction <= 1.0, "fg_fraction", "must be in [0, 1]")
+        require(self.num_bins >= 1, "num_bins", "must be >= 1")
+        require(
+            self.floor_iou is None or 0.0 < self.floor_iou <= 1.0, "floor_iou", "must be in (0, 1] or null"
+        )
+        require(0.0 <= self.floor_fraction <= 1.0, "floor_fraction", "must be in [0, 1]")
 
     def select(
         self, labels: list[Tensor], candidates: Candidates, score_fn: ScoreFn | None

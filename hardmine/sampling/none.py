@@ -7,6 +7,7 @@ sampling-free training.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -16,7 +17,9 @@ from hardmine.sampling.base import Candidates, Sampler, SampleResult, ScoreFn, t
 
 @dataclass
 class NoSampler(Sampler):
-    """Keep all assigned candidates (labels >= 0), in their original order."""
+    """Keep all assigned candidates (labels >= 0), in their original order. No options."""
+
+    name: ClassVar[str] = "none"
 
     def select(
         self, labels: list[Tensor], candidates: Candidates, score_fn: ScoreFn | None

@@ -16,11 +16,12 @@ candidates it currently gets most wrong. `OHEMSampler.select`:
    (background fills the rest).
 
 The defaults reproduce the paper: foreground at IoU >= 0.5, background at IoU in [0, 0.5)
-(bg_lo = 0, not Fast R-CNN's 0.1), ranking by cls + box loss, NMS at 0.7, the top B / N = 64 RoIs
-of each image (the paper's B = 128 over N = 2 images: it takes "the B/N examples" of each image,
-and its released code ran one image per pass with `iter_size: 2`) and no foreground quota. Pooling
-over the batch, where one image can take every slot, is an option. `mode` tells the heads
-how to train the selection, by a second pass with autograd over the selected candidates only
+(bg_lo = 0, not Fast R-CNN's 0.1: `paper_bg_iou_lo`, used where a head leaves its `bg_iou_lo` unset),
+ranking by cls + box loss, NMS at 0.7, the top B / N = 64 RoIs of each image (the paper's B = 128
+over N = 2 images: it takes "the B/N examples" of each image, and its released code ran one image
+per pass with `iter_size: 2`) and no foreground quota. Pooling over the batch, where one image can
+take every slot, is an option. `mode` tells the heads how to train the selection
+(`trains_by_loss_mask`), by a second pass with autograd over the selected candidates only
 ("two_pass", the paper's form) or by one pass over all candidates with the others' losses zeroed
 ("loss_mask", the naive variant kept for comparison); the selection itself is the same in both.
 """
@@ -28,11 +29,13 @@ how to train the selection, by a second pass with autograd over the selected can
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
+from hardmine.options import opt, require
 from hardmine.sampling.base import (
     CandidateLosses,
     Candidates,
@@ -62,33 +65,42 @@ class OHEMSampler(Sampler):
     """
 
     thresholds: IoUThresholds = field(default_factory=lambda: IoUThresholds(fg=0.5, bg_lo=0.0, bg_hi=0.5))
-    #: B per image; in per-batch mode the batch keeps B * num_images.
-    batch_size_per_image: int = 64
-    #: True: the top B of each image (the paper's B/N per image); False: top B * num_images over the batch.
-    per_image: bool = True
-    #: IoU threshold of the duplicate-removing NMS, in (0, 1]; None turns NMS off.
-    nms_thresh: float | None = 0.7
-    #: Loss terms that rank the candidates: "cls+box" (the paper) or "cls".
-    rank_by: str = "cls+box"
-    #: At most int(B * fg_fraction) foreground, B being an image's or the batch's budget; None: no quota.
-    fg_fraction: float | None = None
-    #: How the heads train the selection: "two_pass" (the paper) or "loss_mask" (one pass, others zeroed).
-    mode: str = "two_pass"
+    batch_size_per_image: int = opt(64, "B per image (paper: B/N = 128 / 2)")
+    per_image: bool = opt(
+        True, "the top B of each image (paper); false = the top B x images pooled over the whole batch"
+    )
+    nms_thresh: float | None = opt(
+        0.7, "NMS IoU among candidates, loss as score, per image and label; null = off"
+    )
+    rank_by: str = opt("cls+box", "loss terms that rank candidates", RANK_BY)
+    fg_fraction: float | None = opt(
+        None, "optional quota: at most this fraction of B (an image's or the batch's) foreground; null = none"
+    )
+    mode: str = opt(
+        "two_pass",
+        "two_pass (read-only pass, then train on B) or loss_mask (naive: one pass, others' losses zeroed)",
+        MODES,
+    )
 
+    name: ClassVar[str] = "ohem"
     needs_scores = True
+    paper_bg_iou_lo = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.batch_size_per_image <= 0:
-            raise ValueError(f"batch_size_per_image must be > 0, got {self.batch_size_per_image}")
-        if self.nms_thresh is not None and not 0.0 < self.nms_thresh <= 1.0:
-            raise ValueError(f"nms_thresh must be None (no NMS) or in (0, 1], got {self.nms_thresh}")
-        if self.rank_by not in RANK_BY:
-            raise ValueError(f"rank_by must be one of {RANK_BY}, got {self.rank_by!r}")
-        if self.fg_fraction is not None and not 0.0 <= self.fg_fraction <= 1.0:
-            raise ValueError(f"fg_fraction must be None (no quota) or in [0, 1], got {self.fg_fraction}")
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        require(self.batch_size_per_image > 0, "batch_size_per_image", "must be > 0")
+        require(
+            self.nms_thresh is None or 0.0 < self.nms_thresh <= 1.0, "nms_thresh", "must be in (0, 1] or null"
+        )
+        require(
+            self.fg_fraction is None or 0.0 <= self.fg_fraction <= 1.0,
+            "fg_fraction",
+            "must be in [0, 1] or null",
+        )
+
+    @property
+    def trains_by_loss_mask(self) -> bool:
+        return self.mode == "loss_mask"
 
     def select(
         self, labels: list[Tensor], candidates: Candidates, score_fn: ScoreFn | None

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from hardmine.options import opt, require
 from hardmine.sampling.base import Candidates, Sampler, SampleResult, ScoreFn, take
 
 
@@ -19,15 +21,15 @@ class RandomSampler(Sampler):
     Fast R-CNN and torchvision; when it has too few of both, fewer than B are returned.
     """
 
-    batch_size_per_image: int = 512
-    fg_fraction: float = 0.25
+    batch_size_per_image: int = opt(512, "B: candidates sampled per image")
+    fg_fraction: float = opt(0.25, "largest fraction of B that is foreground (the rest: background)")
+
+    name: ClassVar[str] = "random"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.batch_size_per_image <= 0:
-            raise ValueError(f"batch_size_per_image must be > 0, got {self.batch_size_per_image}")
-        if not 0.0 <= self.fg_fraction <= 1.0:
-            raise ValueError(f"fg_fraction must be in [0, 1], got {self.fg_fraction}")
+        require(self.batch_size_per_image > 0, "batch_size_per_image", "must be > 0")
+        require(0.0 <= self.fg_fraction <= 1.0, "fg_fraction", "must be in [0, 1]")
 
     def select(
         self, labels: list[Tensor], candidates: Candidates, score_fn: ScoreFn | None

@@ -23,8 +23,13 @@ from hardmine.models.build import build_model
 from hardmine.models.priors import sigmoid_prior_bias
 
 
+def for_preset(fast_overrides: list[str]) -> list[str]:
+    """The fast overrides without the RoI sampler's budget: the presets keep their own samplers."""
+    return [o for o in fast_overrides if not o.startswith("roi_head.sampler.")]
+
+
 def setup(fast_overrides: list[str], preset: str = "retinanet_sampling_free", *extra: str):
-    cfg = load_config(f"configs/{preset}.yaml", [*fast_overrides, *extra])
+    cfg = load_config(f"configs/{preset}.yaml", [*for_preset(fast_overrides), *extra])
     index = resolve_split(cfg.data, "train")
     return cfg, index, build_model(cfg, index.num_classes)
 
@@ -91,7 +96,7 @@ def test_a_training_set_without_foreground_is_a_clear_error(fast_overrides):
 def test_sampling_free_training_checkpoints_the_thresholds_for_evaluation(fast_overrides):
     cfg = load_config(
         "configs/faster_rcnn_sampling_free.yaml",
-        [*fast_overrides, "solver.max_iter=2", "rpn.post_nms_top_n_test=20"],
+        [*for_preset(fast_overrides), "solver.max_iter=2", "rpn.post_nms_top_n_test=20"],
     )
     result = training.train(cfg)
     out = Path(cfg.output_dir)

@@ -234,7 +234,7 @@ def test_ohem_sampler_statistics_are_logged(fast_overrides):
         [
             *fast_overrides,
             "roi_head.sampler=ohem",
-            "roi_head.ohem.batch_size_per_image=8",
+            "roi_head.sampler.batch_size_per_image=8",
             "solver.max_iter=1",
             "train.eval_at_end=false",
         ],

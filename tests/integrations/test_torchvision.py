@@ -14,6 +14,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 
 from hardmine.integrations.torchvision import TorchvisionRoIHead, with_sampler
+from hardmine.losses import CrossEntropy
 from hardmine.models.backbones import build_backbone
 from hardmine.sampling import IoUThresholds, NoSampler, OHEMSampler, RandomSampler
 
@@ -93,7 +94,7 @@ def test_thresholds_come_from_the_model_unless_the_sampler_keeps_its_own():
 
 
 def test_options_override_the_models_settings():
-    head = with_sampler(_model(), NoSampler(), score_thresh=0.3, cls_loss="ce").roi_heads
+    head = with_sampler(_model(), NoSampler(), score_thresh=0.3, cls_loss=CrossEntropy()).roi_heads
     assert head.score_thresh == 0.3
 
 

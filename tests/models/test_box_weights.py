@@ -20,6 +20,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign, box_iou
 
+from hardmine.losses import CLS_LOSSES, SmoothL1
 from hardmine.models.dense_head import DenseHead
 from hardmine.models.roi_head import RoIHead
 from hardmine.models.rpn import RPN
@@ -128,7 +129,7 @@ def test_roi_head():
 @pytest.mark.parametrize("cls_loss", ["focal", "bce"])
 def test_dense_head(cls_loss):
     # the per-batch count as normaliser: an EMA would move between the two calls compared
-    dense = DenseHead(8, 1, 3, cls_loss=cls_loss, reg_loss="smooth_l1", normalizer_momentum=0.0)
+    dense = DenseHead(8, 1, 3, cls_loss=CLS_LOSSES[cls_loss](), reg_loss=SmoothL1(), normalizer_momentum=0.0)
     ys, xs = torch.meshgrid(torch.arange(0, 64, 16.0), torch.arange(0, 64, 16.0), indexing="ij")
     corners = torch.stack([xs.flatten(), ys.flatten()], dim=1)
     anchors = torch.cat([corners, corners + 16], dim=1)  # 16 tiles of 16 px

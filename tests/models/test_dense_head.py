@@ -12,8 +12,23 @@ from torch import Tensor
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import box_iou, sigmoid_focal_loss
 
+from hardmine.config import load_config
+from hardmine.losses import (
+    BCE,
+    GHMC,
+    GHMR,
+    REG_LOSSES,
+    BalancedL1,
+    CrossEntropy,
+    GHMCLoss,
+    GHMRLoss,
+    SigmoidFocal,
+    SmoothL1,
+    balanced_l1_loss,
+)
+from hardmine.models.build import build_model
 from hardmine.models.dense_head import DenseHead
-from hardmine.models.retinanet import RetinaNet, build_retinanet
+from hardmine.models.retinanet import RetinaNet
 from hardmine.models.transform import DetectionTransform
 from hardmine.sampling import IoUThresholds, OHEMSampler, RandomSampler, Sampler, SampleResult, ScoreFn
 from hardmine.sampling.base import Candidates, take
@@ -67,6 +82,11 @@ def head(**options) -> DenseHead:
     return DenseHead(in_channels=8, num_anchors=1, num_classes=NUM_CLASSES, **options)
 
 
+def ema(dense: DenseHead) -> Tensor:
+    """The dense head's moving average of the foreground count (its loss normaliser)."""
+    return dense.criterion.normaliser.ema
+
+
 def run(dense: DenseHead, targets: list[dict[str, Tensor]], seed: int = 0) -> dict[str, Tensor]:
     logits, deltas = outputs(seed, len(targets))
     return dense.loss(logits, deltas, [tiles()] * len(targets), targets)
@@ -107,17 +127,17 @@ def test_bce_matches_a_hand_computed_loss_and_differs_from_focal():
     keep = torch.ones(2, 16, dtype=torch.bool)
     keep[1, 15] = False  # ignored
     expected = F.binary_cross_entropy_with_logits(logits[keep], one_hot[keep], reduction="sum") / 3
-    bce = head(cls_loss="bce", focal_alpha=-1.0).loss(logits, deltas, anchors, targets)["loss_dense_cls"]
+    bce = head(cls_loss=BCE(alpha=-1.0)).loss(logits, deltas, anchors, targets)["loss_dense_cls"]
     torch.testing.assert_close(bce, expected)
-    focal = head(cls_loss="focal").loss(logits, deltas, anchors, targets)["loss_dense_cls"]
+    focal = head(cls_loss=SigmoidFocal()).loss(logits, deltas, anchors, targets)["loss_dense_cls"]
     assert not torch.isclose(bce, focal)
-    balanced = head(cls_loss="bce", focal_alpha=0.25).loss(logits, deltas, anchors, targets)["loss_dense_cls"]
+    balanced = head(cls_loss=BCE(alpha=0.25)).loss(logits, deltas, anchors, targets)["loss_dense_cls"]
     assert not torch.isclose(bce, balanced)
 
 
 @pytest.mark.parametrize("reg_loss", ["l1", "smooth_l1", "giou"])
 def test_perfect_deltas_give_zero_box_loss(reg_loss):
-    dense = head(reg_loss=reg_loss)
+    dense = head(reg_loss=REG_LOSSES[reg_loss]())
     targets = hand_made_batch()
     logits, deltas = outputs()
     anchors = tiles()
@@ -131,7 +151,7 @@ def test_perfect_deltas_give_zero_box_loss(reg_loss):
 
 
 def test_a_box_with_weight_zero_adds_no_box_loss():
-    dense = head(reg_loss="smooth_l1")
+    dense = head(reg_loss=SmoothL1())
     with_zero = target([GT_EXACT, GT_FAR], [1, 2], weights=torch.tensor([1.0, 0.0]))
     box_with = run(dense, [with_zero])["loss_dense_box"] * dense.last_stats["num_fg"]
     assert dense.last_stats["num_fg"] == 2  # its anchor is still foreground (not background)...
@@ -189,12 +209,12 @@ def test_loss_ranking_sampler_gets_per_anchor_losses_without_grad():
 
 
 def test_invalid_options_are_rejected():
-    with pytest.raises(ValueError, match="cls_loss"):
-        head(cls_loss="softmax")
-    with pytest.raises(ValueError, match="reg_loss"):
-        head(reg_loss="iou")
+    with pytest.raises(ValueError, match="cls_loss must be a sigmoid loss, not 'ce'"):
+        head(cls_loss=CrossEntropy())
     with pytest.raises(ValueError, match="num_convs"):
         head(num_convs=5)
+    with pytest.raises(ValueError, match="head_norm"):
+        head(head_norm="batch")
 
 
 def test_classification_bias_starts_at_the_prior():
@@ -211,7 +231,8 @@ def test_classification_bias_starts_at_the_prior():
 @pytest.fixture
 def model() -> RetinaNet:
     torch.manual_seed(0)
-    return build_retinanet(NUM_CLASSES, min_size=128, max_size=128)
+    cfg = load_config(None, ["model.arch=retinanet", "model.min_size=128", "model.max_size=128"])
+    return build_model(cfg, NUM_CLASSES)
 
 
 def images_and_targets() -> tuple[list[Tensor], list[dict[str, Tensor]]]:
@@ -305,7 +326,7 @@ def test_ohem_keeps_the_hardest_anchors_and_drops_a_near_duplicate_by_nms():
     sampler = OHEMSampler(
         IoUThresholds(fg=0.5, bg_lo=0.0, bg_hi=0.4), batch_size_per_image=3, per_image=True, nms_thresh=0.7
     )
-    dense = head(sampler=sampler, cls_loss="bce", focal_alpha=-1.0)
+    dense = head(sampler=sampler, cls_loss=BCE(alpha=-1.0))
     anchors = tiles()
     anchors[1] = torch.tensor([1.0, 0.0, 17.0, 16.0])  # IoU 0.88 with anchor 0: both match GT_EXACT
     targets = hand_made_batch()
@@ -359,12 +380,10 @@ def foreground_residuals(dense: DenseHead, deltas: Tensor) -> Tensor:
 
 
 def test_focal_runs_hardmine_kernel_with_torchvision_values_and_gradients():
-    from hardmine.models.dense_head import focal
-
     logits, _ = outputs()
     one_hot, _ = hand_made_one_hot()
     for alpha in (0.25, -1.0, -0.5):
-        ours = focal(logits, one_hot, alpha, 2.0)
+        ours = SigmoidFocal(alpha=alpha, gamma=2.0).elementwise(logits, one_hot, None)
         assert type(ours.grad_fn).__name__.startswith("_SigmoidFocal")
         reference = sigmoid_focal_loss(logits, one_hot, alpha=alpha if alpha >= 0 else -1.0, gamma=2.0)
         torch.testing.assert_close(ours, reference)
@@ -374,47 +393,40 @@ def test_focal_runs_hardmine_kernel_with_torchvision_values_and_gradients():
 
 
 def test_ghm_c_is_normalised_by_its_valid_elements_and_keeps_its_ema_as_state():
-    from hardmine.losses import GHMC
-
-    dense = head(cls_loss="ghm")
-    assert dense.ghm_c is not None and (dense.ghm_c.bins, dense.ghm_c.momentum) == (30, 0.75)
-    assert "ghm_c.acc_sum" in dense.state_dict()
+    dense = head(cls_loss=GHMCLoss())
+    ghm_c = dense.criterion.cls_state
+    assert isinstance(ghm_c, GHMC) and (ghm_c.bins, ghm_c.momentum) == (30, 0.75)
+    assert "criterion.cls_state.acc_sum" in dense.state_dict()
     logits, deltas = outputs()
     one_hot, keep = hand_made_one_hot()
     reference = GHMC(bins=30, momentum=0.75)  # reduction "mean": sum / (31 sampled anchors x 3 classes)
     for _ in range(2):  # the second call uses the EMA of the first
         loss = dense.loss(logits, deltas, [tiles(), tiles()], hand_made_batch())["loss_dense_cls"]
         torch.testing.assert_close(loss, reference(logits[keep], one_hot[keep]))
-    torch.testing.assert_close(dense.ghm_c.acc_sum, reference.acc_sum)
+    torch.testing.assert_close(ghm_c.acc_sum, reference.acc_sum)
     stats = dense.last_stats
     torch.testing.assert_close(stats["cls_loss_fg"] + stats["cls_loss_bg"], loss.detach() * 31 * 3)
 
 
 def test_ghm_r_is_normalised_by_its_coordinates_and_weighted_by_ten():
-    from hardmine.losses import GHMR
-
-    dense = head(reg_loss="ghm")
-    assert dense.ghm_r is not None and (dense.ghm_r.mu, dense.ghm_r.bins, dense.ghm_r.momentum) == (
-        0.02,
-        10,
-        0.7,
-    )
-    assert "ghm_r.acc_sum" in dense.state_dict()
+    dense = head(reg_loss=GHMRLoss())
+    ghm_r = dense.criterion.reg_state
+    assert isinstance(ghm_r, GHMR) and (ghm_r.mu, ghm_r.bins, ghm_r.momentum) == (0.02, 10, 0.7)
+    assert "criterion.reg_state.acc_sum" in dense.state_dict()
     logits, deltas = outputs()
     loss = dense.loss(logits, deltas, [tiles(), tiles()], hand_made_batch())["loss_dense_box"]
     reference = GHMR(mu=0.02, bins=10, momentum=0.7)  # reduction "mean": sum / (3 fg anchors x 4)
     torch.testing.assert_close(loss, 10 * reference(*foreground_residuals(dense, deltas)))
-    torch.testing.assert_close(dense.ghm_r.acc_sum, reference.acc_sum)
-    single = head(reg_loss="ghm", ghmr_loss_weight=1.0, ghmr_momentum=0.0)
-    assert single.ghm_r.acc_sum is None and "ghm_r.acc_sum" not in single.state_dict()
+    torch.testing.assert_close(ghm_r.acc_sum, reference.acc_sum)
+    single = head(reg_loss=GHMRLoss(loss_weight=1.0, momentum=0.0))
+    assert single.criterion.reg_state.acc_sum is None
+    assert "criterion.reg_state.acc_sum" not in single.state_dict()
     one = single.loss(logits, deltas, [tiles(), tiles()], hand_made_batch())["loss_dense_box"]
     torch.testing.assert_close(one, GHMR(momentum=0.0)(*foreground_residuals(single, deltas)))
 
 
 def test_balanced_l1_box_loss_is_normalised_by_the_foreground_count():
-    from hardmine.losses import balanced_l1_loss
-
-    dense = head(reg_loss="balanced_l1", balanced_l1_alpha=0.4, balanced_l1_gamma=1.2, balanced_l1_beta=0.2)
+    dense = head(reg_loss=BalancedL1(alpha=0.4, gamma=1.2, beta=0.2))
     logits, deltas = outputs()
     loss = dense.loss(logits, deltas, [tiles(), tiles()], hand_made_batch())["loss_dense_box"]
     pred, target_deltas = foreground_residuals(dense, deltas)
@@ -424,17 +436,17 @@ def test_balanced_l1_box_loss_is_normalised_by_the_foreground_count():
 
 def test_the_scoring_pass_leaves_the_ghm_ema_unchanged():
     sampler = TopLoss(IoUThresholds(fg=0.5, bg_lo=0.0, bg_hi=0.4))
-    dense = head(sampler=sampler, cls_loss="ghm", reg_loss="ghm")
+    dense = head(sampler=sampler, cls_loss=GHMCLoss(), reg_loss=GHMRLoss())
     run(dense, hand_made_batch())
     # Only the trained pass (4 anchors x 2 images x 3 classes) counts, from a zero start: (1 - m) x 24.
-    assert dense.ghm_c.acc_sum.sum().item() == pytest.approx(0.25 * 24)
+    assert dense.criterion.cls_state.acc_sum.sum().item() == pytest.approx(0.25 * 24)
     num_fg = int(dense.last_stats["num_fg"])
-    assert dense.ghm_r.acc_sum.sum().item() == pytest.approx(0.3 * 4 * num_fg)
+    assert dense.criterion.reg_state.acc_sum.sum().item() == pytest.approx(0.3 * 4 * num_fg)
 
 
-@pytest.mark.parametrize(("cls_loss", "reg_loss"), [("ghm", "ghm"), ("focal", "balanced_l1")])
+@pytest.mark.parametrize(("cls_loss", "reg_loss"), [(GHMCLoss, GHMRLoss), (SigmoidFocal, BalancedL1)])
 def test_losses_are_finite_on_a_batch_without_objects(cls_loss, reg_loss):
-    dense = head(cls_loss=cls_loss, reg_loss=reg_loss, normalizer_momentum=0.9)
+    dense = head(cls_loss=cls_loss(), reg_loss=reg_loss(), normalizer_momentum=0.9)
     logits, deltas = outputs(num_images=1)
     losses = dense.loss(logits, deltas, [tiles()], [target([], [])])
     assert torch.isfinite(losses["loss_dense_cls"]) and losses["loss_dense_cls"] > 0
@@ -445,28 +457,29 @@ def test_losses_are_finite_on_a_batch_without_objects(cls_loss, reg_loss):
 
 def test_the_default_normaliser_is_detectron2s_ema_starting_at_100():
     dense = DenseHead(in_channels=8, num_anchors=1, num_classes=NUM_CLASSES)
-    assert dense.normalizer_momentum == 0.9 and dense.normalizer.item() == 100.0
+    assert dense.criterion.normaliser.momentum == 0.9 and ema(dense).item() == 100.0
     plain = head()
     run(dense, hand_made_batch())  # 3 foreground anchors
-    assert dense.normalizer.item() == pytest.approx(0.9 * 100 + 0.1 * 3)
+    assert ema(dense).item() == pytest.approx(0.9 * 100 + 0.1 * 3)
     with pytest.raises(ValueError, match="normalizer_init"):
         head(normalizer_momentum=0.9, normalizer_init=0.0)
-    assert "normalizer" in dense.state_dict() and "normalizer" not in plain.state_dict()
+    assert "criterion.normaliser.ema" in dense.state_dict()
+    assert "criterion.normaliser.ema" not in plain.state_dict()
 
 
 def test_a_batch_without_objects_gives_a_loss_of_the_same_order_as_a_normal_batch():
     """With the per-batch count (0 foreground -> divisor 1) the background's summed loss becomes the
     whole loss; the EMA keeps the divisor near the usual foreground count."""
-    ema, plain = head(normalizer_momentum=0.9, normalizer_init=3.0), head()
+    averaged, plain = head(normalizer_momentum=0.9, normalizer_init=3.0), head()
     empty = [target([], []), target([], [])]
     normal = {key: run(plain, hand_made_batch())[key] for key in ("loss_dense_cls",)}
     for _ in range(3):  # a few normal steps first, as in training
-        run(ema, hand_made_batch())
-    ema_empty, plain_empty = run(ema, empty), run(plain, empty)
+        run(averaged, hand_made_batch())
+    ema_empty, plain_empty = run(averaged, empty), run(plain, empty)
     for losses in (ema_empty, plain_empty):
         assert all(torch.isfinite(v) for v in losses.values()) and losses["loss_dense_box"] == 0
     # the EMA stayed near 3 (three normal batches of 3 fg anchors, then one of 0): 0.9 * 3 + 0.1 * 1
-    assert ema.normalizer.item() == pytest.approx(0.9 * 3.0 + 0.1 * 1.0)
+    assert ema(averaged).item() == pytest.approx(0.9 * 3.0 + 0.1 * 1.0)
     ratio = ema_empty["loss_dense_cls"] / normal["loss_dense_cls"]
     spike = plain_empty["loss_dense_cls"] / normal["loss_dense_cls"]
     assert 0.2 < ratio < 5.0, ratio  # the same order as a normal batch
@@ -480,7 +493,7 @@ def test_normaliser_is_an_ema_of_the_foreground_count():
     reference, plain_fg = run(plain, hand_made_batch()), plain.last_stats["num_fg"].float()
     for key, value in run(dense, hand_made_batch()).items():
         torch.testing.assert_close(value, reference[key] * plain_fg / 4.0)
-    assert dense.normalizer.item() == 4.0
+    assert ema(dense).item() == 4.0
     dense.train()
     batches = [  # 3, then 1, then 2 foreground anchors
         hand_made_batch(),
@@ -493,37 +506,31 @@ def test_normaliser_is_an_ema_of_the_foreground_count():
         losses = run(dense, batch)
         reference = run(plain, batch)
         num_fg = plain.last_stats["num_fg"].float()
-        assert dense.normalizer.item() == pytest.approx(normaliser)
+        assert ema(dense).item() == pytest.approx(normaliser)
         for key in losses:
             torch.testing.assert_close(losses[key], reference[key] * num_fg / normaliser)
     dense.eval()  # evaluation reads the EMA without updating it
     run(dense, batches[0])
-    assert dense.normalizer.item() == pytest.approx(expected[-1])
+    assert ema(dense).item() == pytest.approx(expected[-1])
     with pytest.raises(ValueError, match="normalizer_momentum"):
         head(normalizer_momentum=1.0)
 
 
 def test_config_builds_the_dense_losses_with_their_options():
-    from hardmine.config import load_config
-    from hardmine.models.build import build_model
-
     overrides = ["model.arch=retinanet", "dense_head.cls_loss=ghm", "dense_head.reg_loss=ghm"]
-    cfg = load_config(None, [*overrides, "dense_head.ghmc_bins=5", "dense_head.normalizer_momentum=0.9"])
-    dense = build_model(cfg, num_classes=2).heads["dense"]
-    assert (dense.ghm_c.bins, dense.ghm_c.momentum) == (5, 0.75)
-    assert (dense.ghm_r.mu, dense.ghm_r.bins, dense.ghm_r.momentum, dense.ghmr_loss_weight) == (
-        0.02,
-        10,
-        0.7,
-        10.0,
-    )
-    assert dense.normalizer_momentum == 0.9 and dense.normalizer is not None
-    cfg = load_config(None, ["model.arch=retinanet", "dense_head.reg_loss=balanced_l1"])
-    dense = build_model(cfg, num_classes=2).heads["dense"]
-    assert dense.reg_beta == 0.11 and dense.reg_loss.keywords == {"alpha": 0.5, "gamma": 1.5}
-    assert dense.ghm_c is None and dense.ghm_r is None and dense.normalizer.item() == 100.0
+    cfg = load_config(None, [*overrides, "dense_head.cls_loss.bins=5", "dense_head.normalizer_momentum=0.9"])
+    criterion = build_model(cfg, num_classes=2).heads["dense"].criterion
+    assert criterion.cls_loss == GHMCLoss(bins=5, momentum=0.75)
+    assert (criterion.cls_state.bins, criterion.cls_state.momentum) == (5, 0.75)
+    assert criterion.reg_loss == GHMRLoss(mu=0.02, bins=10, momentum=0.7, loss_weight=10.0)
+    assert criterion.normaliser.momentum == 0.9 and criterion.normaliser.ema is not None
+    cfg = load_config("configs/retinanet_balanced_l1.yaml")
+    criterion = build_model(cfg, num_classes=2).heads["dense"].criterion
+    assert criterion.reg_loss == BalancedL1(alpha=0.5, gamma=1.5, beta=0.11)
+    assert criterion.cls_state is None and criterion.reg_state is None
+    assert criterion.normaliser.ema.item() == 100.0
     cfg = load_config(None, ["model.arch=retinanet", "dense_head.normalizer_momentum=0"])
-    assert build_model(cfg, num_classes=2).heads["dense"].normalizer is None
+    assert build_model(cfg, num_classes=2).heads["dense"].criterion.normaliser.ema is None
 
 
 def test_label_smoothing_gives_bce_against_smoothed_one_hot_targets():
@@ -535,7 +542,7 @@ def test_label_smoothing_gives_bce_against_smoothed_one_hot_targets():
     keep[1, 15] = False  # ignored
     smoothed = one_hot[keep] * 0.8 + 0.1  # eps 0.2: 1 -> 0.9, 0 -> 0.1
     expected = F.binary_cross_entropy_with_logits(logits[keep], smoothed, reduction="sum") / 3
-    dense = head(cls_loss="bce", focal_alpha=-1.0, label_smoothing=0.2)
+    dense = head(cls_loss=BCE(alpha=-1.0, label_smoothing=0.2))
     losses = dense.loss(logits, deltas, [tiles(), tiles()], targets)
     torch.testing.assert_close(losses["loss_dense_cls"], expected)
 

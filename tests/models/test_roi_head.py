@@ -9,6 +9,7 @@ from torch import Tensor
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign
 
+from hardmine.losses import BalancedL1, CrossEntropy, SigmoidFocal, SmoothL1, SoftmaxFocal, balanced_l1_loss
 from hardmine.models.roi_head import RoIHead
 from hardmine.sampling import Candidates, IoUThresholds, NoSampler, RandomSampler, Sampler, SampleResult
 
@@ -64,7 +65,7 @@ def test_sampling_free_box_loss_is_the_mean_over_foreground_coordinates_as_the_a
         NoSampler(thresholds=IoUThresholds(fg=0.5, bg_lo=0.0, bg_hi=0.5)),
         add_gt_as_proposals=False,
         guided_loss=2.0,
-        smooth_l1_beta=1.0,
+        reg_loss=SmoothL1(beta=1.0),
     )
     head.train()
     features = _features()
@@ -217,32 +218,29 @@ def test_read_only_pass_in_chunks_scores_like_one_pass():
 def test_softmax_focal_per_sample_values_by_hand():
     import math
 
-    from hardmine.losses.per_sample import CLS_LOSSES
-
     logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0], [-3.0, 4.0, 1.0]])
     labels = torch.tensor([0, 2, 1])
     expected = []
     for row, y in zip(logits.tolist(), labels.tolist()):
         p = math.exp(row[y]) / sum(math.exp(v) for v in row)
         expected.append(-((1 - p) ** 1.5) * math.log(p))
-    got = CLS_LOSSES["softmax_focal"](logits, labels, gamma=1.5)
-    torch.testing.assert_close(got, torch.tensor(expected))
+    torch.testing.assert_close(SoftmaxFocal(gamma=1.5)(logits, labels), torch.tensor(expected))
     # gamma 0 is cross-entropy; the default gamma is 2
     torch.testing.assert_close(
-        CLS_LOSSES["softmax_focal"](logits, labels, gamma=0.0),
-        F.cross_entropy(logits, labels, reduction="none"),
+        SoftmaxFocal(gamma=0.0)(logits, labels), F.cross_entropy(logits, labels, reduction="none")
     )
     p = F.softmax(logits, 1)[torch.arange(3), labels]
-    torch.testing.assert_close(CLS_LOSSES["softmax_focal"](logits, labels), -((1 - p) ** 2) * p.log())
+    torch.testing.assert_close(SoftmaxFocal()(logits, labels), -((1 - p) ** 2) * p.log())
 
 
 def test_balanced_l1_per_sample_values_by_hand():
     import math
 
-    from hardmine.losses.per_sample import REG_LOSSES
+    from torchvision.models.detection._utils import BoxCoder
 
     pred = torch.tensor([[0.5, -2.0, 0.0, 1.0], [0.1, 0.1, 0.1, 0.1]])
-    target = torch.zeros(2, 4)
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 9.0, 12.0]])  # gt = boxes: target deltas 0
+    coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
     b = math.e**3 - 1  # exp(gamma / alpha) - 1 with alpha 0.5, gamma 1.5
 
     def by_hand(x: float, beta: float = 1.0) -> float:
@@ -251,23 +249,17 @@ def test_balanced_l1_per_sample_values_by_hand():
         return 1.5 * x + 1.5 / b - 0.5 * beta
 
     expected = torch.tensor([sum(by_hand(abs(v)) for v in row) for row in pred.tolist()])
-    torch.testing.assert_close(REG_LOSSES["balanced_l1"](pred, target, 1.0), expected)
+    torch.testing.assert_close(BalancedL1()(pred, boxes, boxes, coder), expected)
     half = torch.tensor([sum(by_hand(abs(v), 0.5) for v in row) for row in pred.tolist()])
-    torch.testing.assert_close(REG_LOSSES["balanced_l1"](pred, target, 0.5), half)
+    torch.testing.assert_close(BalancedL1(beta=0.5)(pred, boxes, boxes, coder), half)
 
 
 def test_head_with_softmax_focal_and_balanced_l1_equals_hand_computed_losses():
-    from hardmine.losses import balanced_l1_loss
-
     head = _head(
         NoSampler(thresholds=IoUThresholds(fg=0.5, bg_lo=0.0, bg_hi=0.5)),
         add_gt_as_proposals=False,
-        cls_loss="softmax_focal",
-        focal_gamma=1.0,
-        reg_loss="balanced_l1",
-        balanced_l1_alpha=0.4,
-        balanced_l1_gamma=1.2,
-        balanced_l1_beta=0.5,
+        cls_loss=SoftmaxFocal(gamma=1.0),
+        reg_loss=BalancedL1(alpha=0.4, gamma=1.2, beta=0.5),
     )
     head.train()
     features = _features()
@@ -289,25 +281,19 @@ def test_config_builds_the_roi_losses_with_their_options():
 
     cfg = load_config(
         None,
-        ["roi_head.cls_loss=softmax_focal", "roi_head.focal_gamma=0.5", "roi_head.reg_loss=balanced_l1"],
+        ["roi_head.cls_loss=softmax_focal", "roi_head.cls_loss.gamma=0.5", "roi_head.reg_loss=balanced_l1"],
     )
-    assert (
-        cfg.roi_head.balanced_l1_alpha,
-        cfg.roi_head.balanced_l1_gamma,
-        cfg.roi_head.balanced_l1_beta,
-    ) == (
-        0.5,
-        1.5,
-        1.0,
-    )
-    roi = build_model(cfg, num_classes=2).heads["roi"]
-    assert roi.cls_loss.keywords == {"gamma": 0.5} and roi.reg_beta == 1.0
-    assert roi.reg_loss.keywords == {"alpha": 0.5, "gamma": 1.5}
+    assert cfg.roi_head.reg_loss == BalancedL1(alpha=0.5, gamma=1.5, beta=1.0)
+    criterion = build_model(cfg, num_classes=2).heads["roi"].criterion
+    assert criterion.cls_loss == SoftmaxFocal(gamma=0.5)
+    assert criterion.reg_loss == BalancedL1(alpha=0.5, gamma=1.5, beta=1.0)
 
 
 def test_label_smoothing_trains_against_smoothed_targets():
     head = _head(
-        NoSampler(thresholds=IoUThresholds(0.5, 0.0, 0.5)), add_gt_as_proposals=False, label_smoothing=0.1
+        NoSampler(thresholds=IoUThresholds(0.5, 0.0, 0.5)),
+        add_gt_as_proposals=False,
+        cls_loss=CrossEntropy(label_smoothing=0.1),
     )
     head.train()
     losses = head(_features(), PROPOSALS, SHAPES, TARGETS)[1]
@@ -318,9 +304,9 @@ def test_label_smoothing_trains_against_smoothed_targets():
     assert expected.item() != pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-3)
 
 
-def test_label_smoothing_needs_cross_entropy():
-    with pytest.raises(ValueError, match="label_smoothing applies to cls_loss='ce' only"):
-        _head(RandomSampler(), cls_loss="softmax_focal", label_smoothing=0.1)
+def test_the_head_takes_softmax_losses_only():
+    with pytest.raises(ValueError, match="cls_loss must be a softmax loss, not 'focal'"):
+        _head(RandomSampler(), cls_loss=SigmoidFocal())
 
 
 def test_loss_ranking_scores_carry_the_box_weights():
@@ -348,3 +334,16 @@ def test_loss_ranking_scores_carry_the_box_weights():
         torch.testing.assert_close(weighted[0].box[0], weight * unweighted[0].box[0])
         torch.testing.assert_close(weighted[0].cls[1:], unweighted[0].cls[1:])  # background: unchanged
         torch.testing.assert_close(weighted[1].cls, unweighted[1].cls)
+
+
+def test_a_batch_without_objects_gives_the_box_regressor_no_gradient():
+    """The RoI head sums its box loss over every sample (0 for background): without foreground the
+    box regressor is not in the graph (the RPN's and the dense head's get a gradient of zeros)."""
+    head = _head(RandomSampler(thresholds=IoUThresholds(0.5, 0.0, 0.5)))
+    head.train()
+    empty = [TARGETS[1], TARGETS[1]]
+    losses = head(_features(), PROPOSALS, SHAPES, empty)[1]
+    assert losses["loss_roi_box"].item() == 0.0 and losses["loss_roi_box"].grad_fn is None
+    sum(losses.values()).backward()
+    assert head.box_predictor.bbox_pred.weight.grad is None
+    assert head.box_predictor.cls_score.weight.grad is not None

@@ -14,7 +14,6 @@ from hardmine.engine.dataset_priors import _probe
 from hardmine.errors import ConfigError
 from hardmine.models.build import build_model
 from hardmine.models.priors import AssignmentCounts, count_assignments, sigmoid_prior_bias
-from hardmine.models.retinanet import build_retinanet
 
 CONFIGS = "configs"
 SMALL = [
@@ -127,7 +126,9 @@ def test_rpn_bias_and_roi_softmax_bias_from_counts():
 
 
 def test_retinanet_inference_uses_the_per_class_thresholds():
-    model = build_retinanet(2, min_size=64, max_size=64, class_adaptive_thresh=True).eval()
+    overrides = ["model.arch=retinanet", "model.min_size=64", "model.max_size=64"]
+    cfg = load_config(None, [*overrides, "dense_head.class_adaptive_thresh=true"])
+    model = build_model(cfg, num_classes=2).eval()
     anchors = torch.tensor([[0.0, 0.0, 16.0, 16.0], [32.0, 32.0, 48.0, 48.0]])
     logits = torch.logit(torch.tensor([[[0.5, 0.3], [0.02, 0.04]]]))  # [1 image, 2 anchors, 2 classes]
     deltas = torch.zeros(1, 2, 4)

@@ -242,7 +242,7 @@ def test_resnet50_retinanet_starts_from_the_file(name, preset, coco_home, use_ho
     model = build_model(config_or_preset(name, preset), NUM_CLASSES)
     # the dense head's loss normaliser (an EMA of foreground counts) is hardmine's own state
     path = home / "hub" / "checkpoints" / file_name(name)
-    assert_starts_from_file(model, path, RETINANET_CLASS_LAYERS, frozenset({"head.normalizer"}))
+    assert_starts_from_file(model, path, RETINANET_CLASS_LAYERS, frozenset({"head.criterion.normaliser.ema"}))
     logits = model.head.classification.cls_logits
     assert logits.weight.shape == (9 * NUM_CLASSES, 256, 3, 3)
     expected_bias = -torch.log(torch.tensor((1 - 0.01) / 0.01))

@@ -32,7 +32,7 @@ TINY = [
     "rpn.post_nms_top_n_train=100",
     "rpn.pre_nms_top_n_test=100",
     "rpn.post_nms_top_n_test=50",
-    "roi_head.batch_size_per_image=32",
+    "roi_head.sampler.batch_size_per_image=32",
     "solver.lr=0.01",
     "train.log_period=1",
     "train.num_threads=1",
@@ -289,10 +289,10 @@ def test_default_spec_compares_three_two_stage_and_three_one_stage_strategies(tm
         ("SSD hard negatives", "one-stage"),
     ]
     configs = [spec.run_config(r, 0, tmp_path) for r in spec.runs]
-    assert [c.roi_head.sampler for c in configs[:3]] == ["random", "ohem", "iou_balanced"]
+    assert [c.roi_head.sampler.name for c in configs[:3]] == ["random", "ohem", "iou_balanced"]
     alpha_ce, focal, hard = configs[3:]
-    assert (alpha_ce.dense_head.cls_loss, alpha_ce.dense_head.focal_alpha) == ("bce", 0.25)
-    assert (focal.dense_head.cls_loss, hard.dense_head.sampler) == ("focal", "hard_negative")
+    assert (alpha_ce.dense_head.cls_loss.name, alpha_ce.dense_head.cls_loss.alpha) == ("bce", 0.25)
+    assert (focal.dense_head.cls_loss.name, hard.dense_head.sampler.name) == ("focal", "hard_negative")
     assert all(c.solver.max_iter == spec.budget for c in configs)
 
     # Alpha-balanced CE starts from the prior-probability bias, as focal loss does (RetinaNet's init).
