@@ -53,7 +53,7 @@ def check_resumable(ckpt: dict[str, Any], cfg: Config, run: distributed.ProcessC
     require_keys(ckpt, RESUME_KEYS, path)
     _check_world_size(ckpt, run, path)
     saved = _with_defaults(Config().to_dict(), ckpt["config"])
-    diff = config_diff(_resume_relevant(saved), _resume_relevant(cfg.to_dict()))
+    diff = config_diff(resume_relevant(saved), resume_relevant(cfg.to_dict()))
     if diff:
         raise CheckpointError(f"--resume: {path} was written with a different config: {diff}")
 
@@ -107,8 +107,9 @@ def _with_defaults(defaults: dict[str, Any], saved: dict[str, Any]) -> dict[str,
     return out
 
 
-def _resume_relevant(config: dict[str, Any]) -> dict[str, Any]:
-    """`config` without the `RESUME_FREE_KEYS`."""
+def resume_relevant(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` without the `RESUME_FREE_KEYS`: what decides a run's weights (`hardmine compare`
+    reuses a finished run, or resumes a stopped one, when this part of its config is unchanged)."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
     for key in RESUME_FREE_KEYS:
         node = out
