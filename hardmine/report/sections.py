@@ -163,9 +163,9 @@ def _verdict_blocks(v: FamilyVerdicts | None, members: list[MethodSummary], r: R
     stopped = [
         e for e in (r.race.eliminations if r.race is not None else []) if e.family == members[0].family
     ]
-    if v is None or not v.estimates:
-        if len([m for m in members if m.seeds]) > 1:
-            return [Paragraph("No verdicts: no finished run kept the detections of its final evaluation.")]
+    if v is None or len(v.estimates) + len(stopped) < 2:
+        if len([m for m in members if m.seeds and m.stopped_at is None]) > 1:
+            return [Paragraph("No verdicts: the finished runs kept no detections of their final evaluation.")]
         return []
     level = f"{CONFIDENCE:.0%}"
     diffs = {d.method: d for d in v.comparisons}
