@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from hardmine.config import dump_yaml
@@ -49,7 +50,7 @@ from hardmine.report.launch import (
     make_launcher,
     train_argv,
 )
-from hardmine.report.racing import Elimination, RaceCost, eliminate, race_cost, race_rungs
+from hardmine.report.racing import Elimination, RaceCost, RaceSummary, eliminate, race_cost, race_rungs
 from hardmine.report.results import (
     FAILED,
     SKIPPED,
@@ -116,14 +117,15 @@ class Progress:
             total=0, desc="compare", unit="it", position=0, dynamic_ncols=True, file=sys.stderr, disable=None
         )
         self._free_positions: list[int] = []
-        self._next_position = 1
+        self._next_position = 1  # bars of running runs below the overall one, a free line reused
 
     def add(self, iterations: int) -> None:
         """More iterations to train (a phase of a race, or the whole comparison)."""
         self.overall.total += iterations
         self.overall.refresh()
 
-    def run_bar(self, label: str, total: int, initial: int) -> tqdm:
+    def run_bar(self, label: str, total: int, initial: int) -> tuple[tqdm, int]:
+        """A bar for a run that starts, and its line (give both back to `close_bar`)."""
         if self._free_positions:
             position = self._free_positions.pop(0)
         else:
@@ -139,12 +141,11 @@ class Progress:
             file=sys.stderr,
             disable=None,
         )
-        bar.hardmine_position = position
-        return bar
+        return bar, position
 
-    def close_bar(self, bar: tqdm) -> None:
+    def close_bar(self, bar: tqdm, position: int) -> None:
         bar.close()
-        self._free_positions = sorted([*self._free_positions, bar.hardmine_position])
+        self._free_positions = sorted([*self._free_positions, position])
 
     def say(self, text: str) -> None:
         tqdm.write(text, file=sys.stdout)
@@ -174,6 +175,7 @@ class Running:
     slot: Slot
     handle: Handle
     bar: Any
+    line: int
     done: int
     t0: float
     facts: dict[str, Any] = field(default_factory=dict)
@@ -190,7 +192,7 @@ def launch_overrides(planned: PlannedRun, slot: Slot, stop_at: int | None) -> li
     return extra
 
 
-def _start(task: Task, slot: Slot, launcher: Launcher, progress: Progress, position: str) -> Running:
+def _start(task: Task, slot: Slot, launcher: Launcher, progress: Progress, counter: str) -> Running:
     p = task.planned
     p.run_dir.mkdir(parents=True, exist_ok=True)
     resume = p.resumable()
@@ -212,11 +214,11 @@ def _start(task: Task, slot: Slot, launcher: Launcher, progress: Progress, posit
         handle=handle.description, started=dt.datetime.now().astimezone().isoformat(timespec="seconds")
     )
     progress.say(
-        f"[{position}] {p.label}: {what} to iteration {task.target} of {p.budget} on {slot.describe()} "
+        f"[{counter}] {p.label}: {what} to iteration {task.target} of {p.budget} on {slot.describe()} "
         f"({handle.description}) -> {p.run_dir}"
     )
-    bar = progress.run_bar(p.run.name, task.target, start)
-    return Running(task, slot, handle, bar, start, time.perf_counter(), facts)
+    bar, line = progress.run_bar(p.run.name, task.target, start)
+    return Running(task, slot, handle, bar, line, start, time.perf_counter(), facts)
 
 
 def _follow(r: Running, progress: Progress) -> None:
@@ -231,7 +233,7 @@ def _follow(r: Running, progress: Progress) -> None:
 
 
 def _end(r: Running, code: int | None, progress: Progress) -> None:
-    progress.close_bar(r.bar)
+    progress.close_bar(r.bar, r.line)
     remaining = r.task.target - r.done
     if remaining > 0:  # a failed (or interrupted) run: its iterations will not come
         progress.overall.total -= remaining
@@ -301,18 +303,6 @@ def _say_done(r: Running, code: int, progress: Progress) -> None:
 
 
 # --- the comparison --------------------------------------------------------------------------------
-
-
-@dataclass
-class RaceSummary:
-    """What a race did: its rungs, who stopped where (and why), and the compute it saved."""
-
-    rungs: list[int]
-    eliminations: list[Elimination]
-    cost: RaceCost
-
-    def stopped_at(self, name: str) -> int | None:
-        return next((e.rung for e in self.eliminations if e.method == name), None)
 
 
 @dataclass
@@ -447,7 +437,7 @@ def _seconds_per_iter(planned: PlannedRun) -> float:
     """The run's training time per iteration so far (log.csv's last `time_per_iter`; 0 if none)."""
     with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
         column = read_log_columns(planned.run_dir / "log.csv", ["time_per_iter"])["time_per_iter"]
-        return float(column[~(column != column)][-1])  # the last non-NaN
+        return float(column[np.isfinite(column)][-1])
     return 0.0
 
 

@@ -102,3 +102,15 @@ def race_cost(budget: int, stopped: Sequence[tuple[int, float]], runs: int) -> R
     saved = sum(budget - rung for rung, _ in stopped)
     seconds = sum((budget - rung) * s_per_iter for rung, s_per_iter in stopped)
     return RaceCost(full - saved, full, seconds)
+
+
+@dataclass
+class RaceSummary:
+    """What a race did: its rungs, who stopped where (and why), and the compute it saved."""
+
+    rungs: list[int]
+    eliminations: list[Elimination]
+    cost: RaceCost
+
+    def stopped_at(self, name: str) -> int | None:
+        return next((e.rung for e in self.eliminations if e.method == name), None)

@@ -10,7 +10,6 @@ its full config, the library versions).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from hardmine.config import Config
 from hardmine.report.document import (
@@ -26,12 +25,10 @@ from hardmine.report.document import (
 )
 from hardmine.report.figures import FigureFile
 from hardmine.report.hard_examples import Example
+from hardmine.report.racing import RaceSummary
 from hardmine.report.results import FAILED, MethodSummary, RunRecord, families, table_rows
 from hardmine.report.spec import CompareSpec, display_path
 from hardmine.report.verdicts import CONFIDENCE, FamilyVerdicts, Interval, MethodEstimate, PairedDifference
-
-if TYPE_CHECKING:
-    from hardmine.report.compare import RaceSummary
 
 FIGURE_TITLES = {
     "loss": "Training loss",
