@@ -206,7 +206,7 @@ def _start(task: Task, slot: Slot, launcher: Launcher, progress: Progress, count
             clear_stale(p.run_dir)
         extra = launch_overrides(p, slot, task.stop_at)
         argv = train_argv(p.run.preset, [*p.overrides, *extra], resume, gpus=len(slot.gpus))
-        handle = launcher.start(Launch(argv, {}, p.run_dir / "train.log", p.run_dir, append=resume), slot)
+        handle = launcher.start(Launch(argv, p.run_dir / "train.log", p.run_dir, append=resume), slot)
         threads = [e for e in extra if e.startswith("train.num_threads=")]
         facts.update(command=p.command(threads), argv=argv, resources=slot.describe())
         what = "resuming from its last checkpoint" if resume else "training"

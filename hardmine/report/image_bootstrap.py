@@ -14,9 +14,10 @@ of all images together), so the replicate's AP has to be accumulated again, not 
    detections and its ground truth count k times, ties between copies are ranked as the evaluator
    ranks them.
 
-Matching, the expensive part, runs once per run; a replicate only re-ranks and re-counts (about
-0.5 ms for 100 images and 3 classes). Every run of a comparison is scored on the same replicates
-(`image_samples` with a fixed seed), which is what makes the differences between runs paired.
+Matching runs once per run; a replicate only re-ranks and re-counts: 1.6 ms on 100 images, 5
+classes and 3,085 detections, where a full evaluation of the same detections takes 44 ms. Every
+run of a comparison is scored on the same replicates (`image_samples` with a fixed seed), which is
+what makes the differences between runs paired.
 """
 
 from __future__ import annotations

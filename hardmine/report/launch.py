@@ -81,11 +81,10 @@ class Slot:
 
 @dataclass
 class Launch:
-    """One child to start: the argv of `hardmine train` (without launcher), extra environment, the
-    file its output goes to (appended when it resumes) and its run folder."""
+    """One child to start: the argv of `hardmine train` (under torchrun for several GPUs), the file
+    its output goes to (appended when it resumes) and its run folder."""
 
     argv: list[str]
-    env: dict[str, str]
     log: Path
     run_dir: Path
     append: bool = False
@@ -172,10 +171,11 @@ def local_slots(
 
 class LocalHandle:
     """A child process in its own session: a Ctrl-C reaches the comparison only, which then asks
-    the child once to stop (it checkpoints after its current iteration)."""
+    the child once to stop (SIGTERM: it checkpoints after its current iteration; unlike SIGINT it
+    is not ignored by a child of a shell's background job)."""
 
     def __init__(self, launch: Launch, slot: Slot) -> None:
-        env = {**os.environ, **launch.env, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if slot.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(slot.gpus)
         self.log = launch.log.open("a" if launch.append else "w")
@@ -192,7 +192,7 @@ class LocalHandle:
 
     def interrupt(self) -> None:
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
+            self.process.send_signal(signal.SIGTERM)
 
     def wait(self, timeout: float) -> int | None:
         try:
@@ -245,13 +245,12 @@ class RunJob:
     that resumes it."""
 
     argv: list[str]
-    env: dict[str, str]
     log: str
     cwd: str
     process: Any = field(default=None, repr=False, compare=False)
 
     def __call__(self) -> int:
-        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(self.log, "a") as log:
             self.process = subprocess.Popen(
                 self.argv,
@@ -264,7 +263,7 @@ class RunJob:
             try:
                 return self.process.wait()
             except KeyboardInterrupt:  # the job was cancelled: stop the run with a checkpoint
-                self.process.send_signal(signal.SIGINT)
+                self.process.send_signal(signal.SIGTERM)
                 self.process.wait(timeout=STOP_WAIT_S)
                 raise
 
@@ -277,7 +276,7 @@ class RunJob:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=STOP_WAIT_S)
         argv = self.argv if "--resume" in self.argv else [*self.argv, "--resume"]
-        return DelayedSubmission(RunJob(argv, self.env, self.log, self.cwd))
+        return DelayedSubmission(RunJob(argv, self.log, self.cwd))
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "process": None}
@@ -358,7 +357,7 @@ class SubmititLauncher(Launcher):
             self.executor.update_parameters(gpus_per_node=len(slot.gpus), visible_gpus=tuple(gpus))
         if not launch.append:
             launch.log.write_text("")
-        job = self.executor.submit(RunJob(launch.argv, launch.env, str(launch.log), os.getcwd()))
+        job = self.executor.submit(RunJob(launch.argv, str(launch.log), os.getcwd()))
         (launch.run_dir / JOB_FILE).write_text(
             json.dumps({"launcher": self.name, "job_id": str(job.job_id), "folder": str(self.folder)}) + "\n"
         )

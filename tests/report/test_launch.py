@@ -139,7 +139,7 @@ while True:
 
 def test_a_job_at_its_time_limit_stops_its_run_and_resubmits_it_to_resume(tmp_path):
     log = tmp_path / "train.log"
-    job = RunJob([sys.executable, "-c", CHILD, "train.seed=0"], {}, str(log), str(tmp_path))
+    job = RunJob([sys.executable, "-c", CHILD, "train.seed=0"], str(log), str(tmp_path))
     result: list[int] = []
     worker = threading.Thread(target=lambda: result.append(job()))
     worker.start()
