@@ -62,8 +62,9 @@ class LaunchOptions:
 
 @dataclass(frozen=True)
 class Slot:
-    """What one running run gets: `threads` CPU threads (None: the cluster's allocation decides) and
-    `gpus` (CUDA_VISIBLE_DEVICES entries on this machine; on a cluster only their number counts)."""
+    """What one running run gets: `threads` CPU threads per process (None: the cluster's allocation
+    decides) and `gpus` (CUDA_VISIBLE_DEVICES entries on this machine; on a cluster only their
+    number counts; a run with several is a torchrun run of one process per GPU)."""
 
     index: int
     threads: int | None
@@ -163,8 +164,9 @@ def local_slots(
             f"--jobs {jobs} with --gpus-per-run {per_run} needs {jobs * per_run} GPUs; "
             f"{len(devices)} to use (--devices)"
         )
+    threads = max(1, cores // (jobs * per_run))  # per process: a run has one per GPU
     return [
-        Slot(i, max(1, cores // jobs), tuple(gpus[d] for d in devices[i * per_run : (i + 1) * per_run]))
+        Slot(i, threads, tuple(gpus[d] for d in devices[i * per_run : (i + 1) * per_run]))
         for i in range(jobs)
     ]
 
@@ -349,7 +351,9 @@ class SubmititLauncher(Launcher):
     def slot(self, index: int) -> Slot:
         if self.capacity is not None:
             return self.slots[index]
-        return Slot(index, self.options.cpus_per_run, ("",) * (self.options.gpus_per_run or 0))
+        per_run = self.options.gpus_per_run or 0
+        threads = self.options.cpus_per_run // max(per_run, 1) if self.options.cpus_per_run else None
+        return Slot(index, threads, ("",) * per_run)
 
     def start(self, launch: Launch, slot: Slot) -> Handle:
         if self.capacity is not None:  # local executor: this slot's GPUs

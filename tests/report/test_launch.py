@@ -49,6 +49,7 @@ def test_gpu_runs_get_their_own_devices():
     assert [s.gpus for s in slots] == [("4",), ("5",), ("6",), ("7",)] and slots[0].threads == 4
     pairs = local_slots(LaunchOptions(gpus_per_run=2), CPU, cores=16, gpus=gpus)
     assert [s.gpus for s in pairs] == [("4", "5"), ("6", "7")] and pairs[1].describe() == "GPU 6,7"
+    assert pairs[0].threads == 4  # 16 cores for 2 runs of 2 processes
     chosen = local_slots(LaunchOptions(devices=(3, 1), jobs=1), CPU, cores=16, gpus=gpus)
     assert [s.gpus for s in chosen] == [("7",)]
     for options, message in (
