@@ -241,15 +241,15 @@ def _end(r: Running, code: int | None, progress: Progress) -> None:
     write_record(r.task.planned, {**r.facts, "returncode": code}, time.perf_counter() - r.t0)
 
 
-def run_tasks(tasks: list[Task], launcher: Launcher, progress: Progress) -> dict[Path, int | None]:
-    """Run `tasks`, at most `launcher.capacity` at once (a cluster: all), in order as slots free up;
-    returns each run folder's exit status. Ctrl-C / SIGTERM asks every running run to stop with a
-    checkpoint and raises TrainingInterrupted (cluster jobs go on; a re-run waits for them)."""
+def run_tasks(tasks: list[Task], launcher: Launcher, progress: Progress) -> None:
+    """Run `tasks`, at most `launcher.capacity` at once (a cluster: all), in order as slots free up
+    (what each achieved is in its folder: `PlannedRun.finished` / `reached`). Ctrl-C / SIGTERM asks
+    every running run to stop with a checkpoint and raises TrainingInterrupted (cluster jobs go on;
+    a re-run waits for them)."""
     progress.add(sum(t.target - t.planned.trained_iterations() for t in tasks))
     pending = deque(tasks)
     free = list(range(launcher.capacity)) if launcher.capacity is not None else None
     running: list[Running] = []
-    codes: dict[Path, int | None] = {}
     started = 0
     with _sigterm_as_interrupt():
         try:
@@ -277,7 +277,6 @@ def run_tasks(tasks: list[Task], launcher: Launcher, progress: Progress) -> dict
                         free = sorted([*free, r.slot.index])
                     _follow(r, progress)
                     _end(r, code, progress)
-                    codes[r.task.planned.run_dir] = code
                     _say_done(r, code, progress)
         except KeyboardInterrupt:
             for r in running:
@@ -290,7 +289,6 @@ def run_tasks(tasks: list[Task], launcher: Launcher, progress: Progress) -> dict
                 "folder once it has begun training; cluster jobs go on); run the same command again to go "
                 "on: finished runs are skipped, the others resume"
             ) from None
-    return codes
 
 
 def _say_done(r: Running, code: int, progress: Progress) -> None:
