@@ -43,9 +43,14 @@ class Interval:
     high: float
 
     def format(self, scale: float = 100.0, signed: bool = False) -> str:
-        """ "LOW to HIGH" in percent points (AP in [0, 1] x 100), one decimal."""
-        spec = "+.1f" if signed else ".1f"
-        return f"{scale * self.low:{spec}} to {scale * self.high:{spec}}"
+        """LOW to HIGH in percent points (AP in [0, 1] x 100), one decimal; two for a bound that one
+        decimal would show as 0.0, so that the side of 0 it lies on stays visible."""
+        return f"{_bound(scale * self.low, signed)} to {_bound(scale * self.high, signed)}"
+
+
+def _bound(value: float, signed: bool) -> str:
+    digits = 2 if value != 0 and abs(value) < 0.05 else 1
+    return f"{value:{'+' if signed else ''}.{digits}f}"
 
 
 def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Interval | None:

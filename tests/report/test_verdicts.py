@@ -77,6 +77,8 @@ def test_sentence_and_unclear_verdict():
     assert diff.sentence() == (
         "OHEM: +2.1 AP vs random sampling (95% CI +0.8 to +3.4; 3 seeds x 100 images): better"
     )
+    close = PairedDifference("OHEM", "random", -0.014, Interval(-0.029, -0.0004), 1, 100)
+    assert "(95% CI -2.9 to -0.04; 1 seed x 100 images): worse" in close.sentence()  # not "-0.0"
     unclear = PairedDifference("GHM", "focal", -0.004, Interval(-0.012, 0.003), 1, 100)
     assert unclear.verdict == UNCLEAR and "1 seed x 100 images): no clear difference" in unclear.sentence()
 
