@@ -20,7 +20,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from hardmine.config import describe_options, load_config
 from hardmine.engine.inference import load_trained
-from hardmine.engine.trainer import train
+from hardmine.engine.training import train
 from hardmine.errors import CheckpointError, ConfigError
 from hardmine.models.build import build_model
 from hardmine.models.torchvision_detectors import TORCHVISION_DETECTORS, load_torchvision_detector
