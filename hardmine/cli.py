@@ -107,25 +107,41 @@ def cmd_gallery(args: argparse.Namespace) -> int:
 
 COMPARE_EPILOG = """\
 SPEC is a YAML file listing the runs (a preset of configs/ plus overrides each, a display name and a
-detector family), the seeds and the budget; see docs/compare.md and configs/compare/default.yaml.
-Every run trains in its own `python -m hardmine train` process into OUT/runs/NAME-seedN; runs that
-finished before with the same config are skipped and interrupted ones resume, so re-running the same
-command continues an interrupted comparison. The report (OUT/report.md, a self-contained
-OUT/report.html) has a results table per family, plots, a gallery of hard examples and the command,
-config and library versions of every run; OUT/results.csv and OUT/results.json hold the numbers.
-Exits with status 1 if a run failed (the report names it and shows the end of its output).
+detector family), the seeds, the budget, the evaluations during training and the baseline of each
+family; see docs/compare.md and configs/compare/default.yaml. Every run trains in its own
+`python -m hardmine train` process into OUT/runs/NAME-seedN (--jobs N of them at once, or as Slurm
+jobs); runs that finished before with the same config are skipped and interrupted ones resume, so
+re-running the same command continues an interrupted comparison. The report (OUT/report.md, a
+self-contained OUT/report.html) has a results table per family, verdicts against each family's
+baseline with 95% confidence intervals (over seeds and over validation images), plots, a gallery of
+hard examples and the command, config and library versions of every run; OUT/results.csv and
+OUT/results.json hold the numbers. Exits with status 1 if a run failed (the report names it and
+shows the end of its output).
 
 examples:
   hardmine compare                                   # the default spec: 6 strategies, ~15 min on 2 cores
+  hardmine compare --jobs 2                          # two runs at once (one thread each on 2 cores)
+  hardmine compare --race                            # stop clearly worse methods early
   hardmine compare --quick                           # a 2-minute smoke test
   hardmine compare --seeds 3 --budget 1800 --out runs/compare/long
   hardmine compare my_spec.yaml data.image_root=coco/images --data coco/train.json,coco/val.json
   hardmine compare --data VOC2007                    # VOC: one root, trainval to train, test to evaluate
+  hardmine compare --gpus-per-run 2                  # a node of 8 GPUs: 4 runs at once, 2 GPUs (DDP) each
+  hardmine compare my_spec.yaml --launcher slurm --partition gpu --gpus-per-run 1 --time 240
 """
+
+
+def _devices(text: str) -> tuple[int, ...]:
+    """`--devices 0,1,3` as GPU indices."""
+    try:
+        return tuple(int(d) for d in text.split(",") if d.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected GPU indices like 0,1,3, got {text!r}") from None
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from hardmine.report.compare import compare, format_outcome
+    from hardmine.report.launch import LaunchOptions
     from hardmine.report.spec import DEFAULT_SPEC, QUICK_SPEC, display_path, load_spec
 
     spec_path, overrides = _split_config_and_overrides(args.items)
@@ -136,14 +152,40 @@ def cmd_compare(args: argparse.Namespace) -> int:
         )
     source = QUICK_SPEC if args.quick else Path(spec_path) if spec_path else DEFAULT_SPEC
     spec = load_spec(source).with_options(
-        seeds=args.seeds, budget=args.budget, data=args.data, overrides=overrides
+        seeds=args.seeds, budget=args.budget, data=args.data, overrides=overrides, baselines=args.baseline
+    )
+    launch = LaunchOptions(
+        launcher=args.launcher,
+        jobs=args.jobs,
+        devices=args.devices,
+        gpus_per_run=args.gpus_per_run,
+        partition=args.partition,
+        time_min=args.time,
+        cpus_per_run=args.cpus_per_run,
+        slurm=tuple(args.slurm or ()),
     )
     out = Path(args.out) if args.out else Path("runs/compare") / source.stem
     invocation = ["hardmine", "compare", display_path(source), *overrides]
-    for flag, value in (("--seeds", args.seeds), ("--budget", args.budget), ("--data", args.data)):
+    for flag, value in (
+        ("--seeds", args.seeds),
+        ("--budget", args.budget),
+        ("--data", args.data),
+        ("--jobs", args.jobs),
+        ("--devices", ",".join(map(str, args.devices)) if args.devices is not None else None),
+        ("--gpus-per-run", args.gpus_per_run),
+        ("--launcher", args.launcher if args.launcher != "local" else None),
+        ("--partition", args.partition),
+        ("--cpus-per-run", args.cpus_per_run),
+    ):
         if value is not None:
             invocation += [flag, str(value)]
-    outcome = compare(spec, out, shlex.join([*invocation, "--out", str(out)]))
+    for name in args.baseline or ():
+        invocation += ["--baseline", name]
+    for item in args.slurm or ():
+        invocation += ["--slurm", item]
+    if args.race:
+        invocation.append("--race")
+    outcome = compare(spec, out, shlex.join([*invocation, "--out", str(out)]), launch, race=args.race)
     print(format_outcome(outcome))
     return 1 if outcome.failed else 0
 
@@ -357,6 +399,60 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
         "--quick",
         action="store_true",
         help="run configs/compare/quick.yaml: a 2-minute smoke test on tiny data",
+    )
+    p.add_argument(
+        "--baseline",
+        action="append",
+        metavar="NAME",
+        help="the run the others of its family are compared with (repeat for the other family; "
+        "default: the spec's `baseline`, else each family's first run)",
+    )
+    p.add_argument(
+        "--race",
+        action="store_true",
+        help="successive halving: stop methods clearly worse than their family's leader at budget/4, "
+        "budget/2, ... (needs `evaluations` in the spec); the others resume to the budget",
+    )
+    where = p.add_argument_group("where the runs train (docs/compare.md)")
+    where.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="runs at once on this machine (default: 1 on the CPU, one per GPU group on GPUs); on the CPU "
+        "each gets cores/N threads unless its config sets train.num_threads",
+    )
+    where.add_argument(
+        "--devices", type=_devices, metavar="0,1,...", help="GPUs to use (default: every visible one)"
+    )
+    where.add_argument(
+        "--gpus-per-run",
+        type=int,
+        metavar="K",
+        help="GPUs of each run (default 1); K > 1 trains it with torchrun (DDP, K processes)",
+    )
+    where.add_argument(
+        "--launcher",
+        choices=("local", "slurm", "submitit-local"),
+        default="local",
+        help="local: child processes here (default); slurm: one Slurm job per run, through submitit; "
+        "submitit-local: the same jobs through submitit's local executor",
+    )
+    where.add_argument("--partition", metavar="P", help="Slurm partition (--launcher slurm)")
+    where.add_argument(
+        "--time",
+        type=int,
+        default=24 * 60,
+        metavar="MIN",
+        help="time limit of a job in minutes (default 1440)",
+    )
+    where.add_argument(
+        "--cpus-per-run", type=int, metavar="N", help="CPUs of each Slurm job (and its threads)"
+    )
+    where.add_argument(
+        "--slurm",
+        action="append",
+        metavar="KEY=VALUE",
+        help="another submitit SlurmExecutor parameter, e.g. account=proj, qos=high, constraint=a100",
     )
 
 

@@ -1,7 +1,7 @@
 """The hooks of a training run: what happens around the `Trainer`'s steps.
 
     Evaluation         every train.eval_period iterations and at the end (metrics.json, pr50.json,
-                       eval_history.json; AP / AP50 in the log)
+                       eval_history.json, detections/; AP / AP50 in the log)
     MetricLogging      a row of log.csv and TensorBoard scalars every train.log_period iterations
     ProgressBar        tqdm on rank 0
     PeriodicCheckpoint checkpoint_last.pt every train.checkpoint_period iterations
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import shutil
 import signal
 import sys
 import threading
@@ -30,7 +31,13 @@ from torch import nn
 from hardmine import distributed
 from hardmine.engine.checkpoint import LAST
 from hardmine.engine.coco_eval import PR_CURVE_FILE, write_metrics_json
-from hardmine.engine.evaluation import EVAL_HISTORY_FILE, read_eval_history, write_eval_history
+from hardmine.engine.evaluation import (
+    DETECTIONS_DIR,
+    EVAL_HISTORY_FILE,
+    detections_file,
+    read_eval_history,
+    write_eval_history,
+)
 from hardmine.engine.logging import MetricLogger
 from hardmine.engine.trainer import Hook, Stop, Trainer, TrainResult, print_to_stderr
 
@@ -236,18 +243,22 @@ def rng_kept(device: torch.device) -> Iterator[None]:
 
 class Evaluation(Hook):
     """Evaluate on the validation set every `period` iterations (0 = never) and, with `at_end`,
-    after the run (metrics.json with the run's facts, pr50.json); `evaluate(pr_curve_path)` returns
-    the metrics (every process calls it: the evaluation is sharded in a distributed run).
+    after the run (metrics.json with the run's facts, pr50.json); `evaluate(pr_curve_path,
+    detections_path)` returns the metrics (every process calls it: the evaluation is sharded in a
+    distributed run) and writes the detections to `detections_path` (rank 0).
 
-    Evaluations during training put `eval/AP` and `eval/AP50` into the log row of their iteration;
-    with `period` > 0 every evaluation, the final one too, is appended to eval_history.json (rank 0,
-    atomically; a resumed run keeps the entries up to `resume_from`). An evaluation changes nothing
-    of the training: the model's mode and every RNG are restored, its time is not training time.
+    Every evaluation keeps its detections in `detections/ITERATION.json` (`detections_file`), which
+    `hardmine compare` re-scores on resampled images. Evaluations during training put `eval/AP` and
+    `eval/AP50` into the log row of their iteration; with `period` > 0 every evaluation, the final
+    one too, is appended to eval_history.json (rank 0, atomically). A resumed run keeps the entries
+    and detections up to `resume_from`; a new run drops an earlier run's. An evaluation changes
+    nothing of the training: the model's mode and every RNG are restored, its time is not training
+    time.
     """
 
     def __init__(
         self,
-        evaluate: Callable[[Path | None], dict[str, float]],
+        evaluate: Callable[[Path | None, Path | None], dict[str, float]],
         out_dir: Path,
         period: int,
         at_end: bool,
@@ -265,20 +276,33 @@ class Evaluation(Hook):
 
     def before_train(self, trainer: Trainer) -> None:
         self.is_main = trainer.run.is_main
+        if not self.is_main:
+            return
+        self._drop_stale_detections()
         path = self.out_dir / EVAL_HISTORY_FILE
-        if not self.is_main or not path.is_file():
+        if not path.is_file():
             return
         if self.resume_from is None:
             path.unlink()  # an earlier run's
         else:
             self.history = [e for e in read_eval_history(path) if e["iteration"] <= self.resume_from]
 
+    def _drop_stale_detections(self) -> None:
+        """An earlier run's detections, or a resumed run's after the iteration it resumes from."""
+        folder = self.out_dir / DETECTIONS_DIR
+        if self.resume_from is None:
+            shutil.rmtree(folder, ignore_errors=True)
+            return
+        for path in folder.glob("*.json"):
+            if not path.stem.isdigit() or int(path.stem) > self.resume_from:
+                path.unlink()
+
     def after_step(self, trainer: Trainer) -> None:
         it = trainer.iteration
         if not self.period or it % self.period or (self.at_end and it == trainer.max_iter):
             return  # the final evaluation covers the last iteration
         with trainer.paused(), rng_kept(trainer.run.device):
-            metrics = self.evaluate(None)
+            metrics = self.evaluate(None, detections_file(self.out_dir, it))
         logged = {f"eval/{key}": metrics[key] for key in LOGGED_METRICS if key in metrics}
         trainer.scalars.update(logged)
         if self.is_main:
@@ -289,7 +313,8 @@ class Evaluation(Hook):
     def after_train(self, trainer: Trainer, result: TrainResult) -> None:
         if not self.at_end:
             return
-        metrics = self.evaluate(self.out_dir / PR_CURVE_FILE)
+        pr_curve, detections = self.out_dir / PR_CURVE_FILE, detections_file(self.out_dir, result.iterations)
+        metrics = self.evaluate(pr_curve, detections)
         result.metrics = metrics
         facts: dict[str, Any] = {
             "iterations": result.iterations,

@@ -53,7 +53,7 @@ def check_resumable(ckpt: dict[str, Any], cfg: Config, run: distributed.ProcessC
     require_keys(ckpt, RESUME_KEYS, path)
     _check_world_size(ckpt, run, path)
     saved = saved_config_with_defaults(ckpt["config"])
-    diff = config_diff(_resume_relevant(saved), _resume_relevant(cfg.to_dict()))
+    diff = config_diff(resume_relevant(saved), resume_relevant(cfg.to_dict()))
     if diff:
         raise CheckpointError(f"--resume: {path} was written with a different config: {diff}")
 
@@ -97,8 +97,9 @@ def _check_world_size(ckpt: dict[str, Any], run: distributed.ProcessContext, pat
         require_keys(ckpt, ("rng_per_rank",), path)
 
 
-def _resume_relevant(config: dict[str, Any]) -> dict[str, Any]:
-    """`config` without the `RESUME_FREE_KEYS`."""
+def resume_relevant(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` without the `RESUME_FREE_KEYS`: what decides a run's weights (`hardmine compare`
+    reuses a finished run, or resumes a stopped one, when this part of its config is unchanged)."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
     for key in RESUME_FREE_KEYS:
         node = out

@@ -5,7 +5,7 @@ priors, `mining.start_from`, synchronized BatchNorm), the optimizer and schedule
 training state when asked (`resume`), writes config.yaml, and runs the `Trainer` with the hooks
 of `training_hooks`. Its outputs in `output_dir`: config.yaml, log.csv, tensorboard/,
 checkpoint_last.pt, model_final.pt, metrics.json, pr50.json, eval_history.json (train.eval_period),
-dataset_priors.json (sampling-free runs).
+detections/ (the detections of every evaluation), dataset_priors.json (sampling-free runs).
 
 Started by torchrun (WORLD_SIZE > 1), this process is one of a distributed run: it trains on its
 slice of every global batch in a DistributedDataParallel model, and rank 0 writes the run's files
@@ -124,9 +124,9 @@ def training_hooks(cfg: Config, trainer: Trainer, data: TrainingData, resume_fro
     def val_proposals() -> dict[int, Tensor] | None:  # Fast R-CNN's; read when first evaluating
         return load_split_proposals(cfg, "val", data.val)
 
-    def evaluate(pr_curve_path: Path | None) -> dict[str, float]:
+    def evaluate(pr_curve_path: Path | None, detections_path: Path | None) -> dict[str, float]:
         return evaluate_model(
-            trainer.model, cfg, data.val, trainer.run.device, val_proposals(), pr_curve_path
+            trainer.model, cfg, data.val, trainer.run.device, val_proposals(), pr_curve_path, detections_path
         )
 
     evaluation = Evaluation(

@@ -4,7 +4,10 @@
 * fg share: `HEAD/fg_loss_share` of log.csv for the head whose sampler is compared (the RoI head
   of a two-stage detector, the dense head of RetinaNet): the share of that head's classification
   loss, summed over the candidates it trains on, that comes from foreground candidates;
-* AP per method: metrics.json's AP, mean ± std over seeds;
+* AP during training: eval_history.json (the evaluations every train.eval_period iterations and at
+  the end), mean over seeds: whether the budget was long enough (a curve still rising at the end
+  was not); a method a race stopped ends where it stopped;
+* AP per method: metrics.json's AP, mean ± std over seeds (methods trained to the budget);
 * precision-recall at IoU 0.5: pr50.json (written by the trainer's evaluation).
 """
 
@@ -17,12 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from hardmine.engine.coco_eval import PR_CURVE_FILE, read_pr_curve_json
+from hardmine.engine.evaluation import EVAL_HISTORY_FILE, read_eval_history
 from hardmine.report.hard_examples import MAIN_HEAD
 from hardmine.report.plots import (
     Bar,
     Curve,
     method_colors,
     plot_ap_bars,
+    plot_ap_curves,
     plot_fg_share,
     plot_loss_curves,
     plot_pr_curves,
@@ -53,11 +58,28 @@ def _log_curve(
     return mean_over_seeds(series) if series else None
 
 
+def _ap_curve(runs: Sequence[RunRecord]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+    """AP (in percent) at every evaluation of the runs (up to where a race stopped them)."""
+    series = []
+    for run in runs:
+        path = Path(run.run_dir) / EVAL_HISTORY_FILE
+        if not path.is_file():
+            continue
+        entries = [
+            e for e in read_eval_history(path) if run.stopped_at is None or e["iteration"] <= run.stopped_at
+        ]
+        if len(entries) > 1:
+            series.append(
+                (np.array([e["iteration"] for e in entries]), 100 * np.array([e["AP"] for e in entries]))
+            )
+    return mean_over_seeds(series) if series else None
+
+
 def _pr_curve(runs: Sequence[RunRecord]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
     series = []
     for run in runs:
         path = Path(run.run_dir) / PR_CURVE_FILE
-        if path.is_file():
+        if path.is_file() and run.stopped_at is None:
             curve = read_pr_curve_json(path)
             if curve.precision:
                 series.append((np.asarray(curve.recall), np.asarray(curve.precision)))
@@ -77,7 +99,7 @@ def make_figures(
     if not ok:
         return []
     colors = method_colors([s.name for s in summaries])
-    loss, share, pr = [], [], []
+    loss, share, pr, ap = [], [], [], []
     for s in summaries:
         runs = [r for r in ok if r.name == s.name]
         if not runs:
@@ -87,10 +109,11 @@ def make_figures(
             curve = _log_curve(runs, column)
             if curve is not None:
                 out.append(Curve(s.name, s.family, *curve))
-        curve = _pr_curve(runs)
-        if curve is not None:
-            pr.append(Curve(s.name, s.family, *curve))
-    bars = [Bar(s.name, s.family, s.stats["AP"].mean, s.stats["AP"].std) for s in summaries if s.seeds]
+        for out, curve in ((pr, _pr_curve(runs)), (ap, _ap_curve(runs))):
+            if curve is not None:
+                out.append(Curve(s.name, s.family, *curve))
+    full = [s for s in summaries if s.seeds and s.stopped_at is None]
+    bars = [Bar(s.name, s.family, s.stats["AP"].mean, s.stats["AP"].std) for s in full]
     seeds = max(len(s.seeds) for s in summaries)
     spread = "; bands: ±1 std over seeds" if seeds > 1 else ""
     plots = folder / subdir
@@ -114,6 +137,17 @@ def make_figures(
                 "(`roi/fg_loss_share` of a two-stage detector, `dense/fg_loss_share` of RetinaNet in "
                 "log.csv): the loss of the foreground candidates it trains on over the loss of all of "
                 f"them{spread}. Near 0 the background candidates dominate the classification gradient.",
+            )
+        )
+    if ap:
+        written.append(
+            FigureFile(
+                "ap_curve",
+                plot_ap_curves(ap, colors, plots / "ap_curve.png").relative_to(folder),
+                "COCO AP on the validation set at every evaluation during training (spec `evaluations`) "
+                f"and at the end, mean over seeds{spread}. A curve still rising at the end means the "
+                "budget was too short to rank the methods at convergence; a method a race stopped ends "
+                "where it stopped.",
             )
         )
     if bars:

@@ -103,6 +103,7 @@ def _line_plot(
     smoothed: bool = False,
     log_y: bool = False,
     ylim: tuple[float, float] | None = None,
+    markers: bool = False,
 ) -> Path:
     families = _families(curves)
     fig, axes = _panels(families)
@@ -112,7 +113,7 @@ def _line_plot(
             y = smooth(c.y) if smoothed else c.y
             if smoothed:
                 ax.plot(c.x, c.y, color=color, alpha=0.2, linewidth=0.8)
-            ax.plot(c.x, y, color=color, label=c.label, linewidth=1.6)
+            ax.plot(c.x, y, color=color, label=c.label, linewidth=1.6, marker="o" if markers else None)
             if c.spread is not None:
                 ax.fill_between(c.x, y - c.spread, y + c.spread, color=color, alpha=0.15, linewidth=0)
         ax.set_title(family)
@@ -143,6 +144,11 @@ def plot_fg_share(curves: Sequence[Curve], colors: dict[str, Color], path: Path)
 def plot_pr_curves(curves: Sequence[Curve], colors: dict[str, Color], path: Path) -> Path:
     """Precision against recall at IoU 0.5 (COCO's interpolated curve, mean over classes)."""
     return _line_plot(curves, colors, path, "recall", "precision (IoU 0.5)", ylim=(0.0, 1.02))
+
+
+def plot_ap_curves(curves: Sequence[Curve], colors: dict[str, Color], path: Path) -> Path:
+    """AP on the validation set (in percent) against the iteration it was evaluated at."""
+    return _line_plot(curves, colors, path, "iteration", "AP (%)", markers=True)
 
 
 def plot_ap_bars(bars: Sequence[Bar], colors: dict[str, Color], path: Path, metric: str = "AP") -> Path:

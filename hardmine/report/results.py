@@ -34,8 +34,9 @@ TITLES = {
     "peak_memory_mb": "peak memory (MB)",
 }
 
-#: Run status: trained now, finished by an earlier invocation (skipped), or failed.
-TRAINED, SKIPPED, FAILED = "trained", "skipped", "failed"
+#: Run status: trained now, finished by an earlier invocation (skipped), failed, or stopped early
+#: by a race (`hardmine compare --race`).
+TRAINED, SKIPPED, FAILED, STOPPED = "trained", "skipped", "failed", "stopped"
 
 
 @dataclass
@@ -43,8 +44,9 @@ class RunRecord:
     """One run (a method with one seed) as the comparison saw it.
 
     metrics: the run's metrics.json (COCO metrics in [0, 1], -1 where no ground truth falls in a
-    range, then costs and run facts), None if it failed. error: the tail of its log if it failed.
-    command: the `hardmine train ...` line that reproduces it. versions: library versions it ran with.
+    range, then costs and run facts), None if it failed; for a run a race stopped, its evaluation
+    at `stopped_at`. error: the tail of its log if it failed. command: the `hardmine train ...` line
+    that reproduces it. versions: library versions it ran with.
     """
 
     name: str
@@ -57,6 +59,7 @@ class RunRecord:
     wall_s: float | None = None
     error: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    stopped_at: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -81,13 +84,15 @@ class MeanStd:
 
 @dataclass
 class MethodSummary:
-    """A compared method aggregated over its seeds: `stats` per METRIC_KEYS and COST_KEYS key."""
+    """A compared method aggregated over its seeds: `stats` per METRIC_KEYS and COST_KEYS key
+    (`stopped_at`: the iteration a race stopped it at, its metrics are from there)."""
 
     name: str
     family: str
     seeds: list[int]
     failed_seeds: list[int]
     stats: dict[str, MeanStd]
+    stopped_at: int | None = None
 
 
 def _values(runs: Sequence[RunRecord], key: str) -> list[float]:
@@ -114,6 +119,7 @@ def summarize(runs: Sequence[RunRecord]) -> list[MethodSummary]:
                 seeds=[run.seed for run in ok],
                 failed_seeds=[run.seed for run in own if not run.ok],
                 stats={key: MeanStd.of(_values(ok, key)) for key in (*METRIC_KEYS, *COST_KEYS)},
+                stopped_at=next((run.stopped_at for run in ok if run.stopped_at is not None), None),
             )
         )
     return summaries
@@ -141,6 +147,8 @@ def table_rows(summaries: Sequence[MethodSummary]) -> tuple[list[str], list[list
     rows = []
     for s in summaries:
         seeds = str(len(s.seeds)) + (f" ({len(s.failed_seeds)} failed)" if s.failed_seeds else "")
+        if s.stopped_at is not None:
+            seeds += f" (stopped at {s.stopped_at})"
         rows.append([s.name, seeds, *(format_stat(s.stats[k], k) for k in (*METRIC_KEYS, *COST_KEYS))])
     return header, rows
 
@@ -195,16 +203,31 @@ def write_results_csv(path: Path, runs: Sequence[RunRecord]) -> Path:
 
 
 def write_results_json(
-    path: Path, runs: Sequence[RunRecord], summaries: Sequence[MethodSummary], about: dict[str, Any]
+    path: Path,
+    runs: Sequence[RunRecord],
+    summaries: Sequence[MethodSummary],
+    about: dict[str, Any],
+    extra: dict[str, Any] | None = None,
 ) -> Path:
-    """{"comparison": about, "methods": per-method mean/std/n, "runs": every RunRecord}."""
+    """{"comparison": about, "methods": per-method mean/std/n, "runs": every RunRecord, then the
+    `extra` sections (verdicts, race)}."""
     payload = {
         "comparison": about,
         "methods": [asdict(s) for s in summaries],
         "runs": [asdict(r) for r in runs],
+        **(extra or {}),
     }
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
     return path
+
+
+def _json_default(value: Any) -> Any:
+    """numpy values (bootstrap replicates, scores) as plain JSON numbers and lists."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
 def read_log_columns(log_csv: Path, columns: Sequence[str]) -> dict[str, np.ndarray]:

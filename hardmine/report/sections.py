@@ -1,9 +1,10 @@
 """The comparison report's content: its sections, in order, as document blocks (see
 `hardmine.report.document`), from the runs' results, the figures and the gallery.
 
-Sections: the setup in one paragraph; a results table per detector family; failed runs with the
-end of their output; the plots; the hard-example gallery; and how to reproduce every run (its
-command, its full config, the library versions).
+Sections: the setup in one paragraph; a results table per detector family; the verdicts against
+each family's baseline, with their intervals; the race (`--race`); failed runs with the end of
+their output; the plots; the hard-example gallery; and how to reproduce every run (its command,
+its full config, the library versions).
 """
 
 from __future__ import annotations
@@ -24,20 +25,15 @@ from hardmine.report.document import (
 )
 from hardmine.report.figures import FigureFile
 from hardmine.report.hard_examples import Example
-from hardmine.report.results import (
-    FAILED,
-    MeanStd,
-    MethodSummary,
-    RunRecord,
-    families,
-    format_stat,
-    table_rows,
-)
+from hardmine.report.racing import RaceSummary
+from hardmine.report.results import FAILED, MethodSummary, RunRecord, families, table_rows
 from hardmine.report.spec import CompareSpec, display_path
+from hardmine.report.verdicts import CONFIDENCE, FamilyVerdicts, Interval, MethodEstimate, PairedDifference
 
 FIGURE_TITLES = {
     "loss": "Training loss",
     "fg_share": "Foreground share of the classification loss",
+    "ap_curve": "AP during training",
     "ap": "AP per method",
     "pr50": "Precision-recall at IoU 0.5",
 }
@@ -52,10 +48,13 @@ class ReportInputs:
     cfg: Config
     records: list[RunRecord]
     summaries: list[MethodSummary]
+    verdicts: list[FamilyVerdicts]
+    race: RaceSummary | None
     figures: list[FigureFile]
     examples: list[Example]
     configs: dict[str, str]
     invocation: str
+    launcher: str
     machine: str
     versions: dict[str, str]
     generated: str
@@ -91,10 +90,16 @@ def _setup(r: ReportInputs) -> list[Block]:
             f"{len(r.spec.runs)} methods x {len(seeds)} seed{'s' if len(seeds) > 1 else ''} "
             f"({', '.join(map(str, seeds))}), {r.spec.budget} training iterations each (batch "
             f"{r.cfg.data.batch_size}), on {describe_data(r.cfg)}; evaluated on the validation set with "
-            f"COCO metrics. Spec `{display_path(r.spec.source)}`; generated {r.generated} by "
-            f"`{r.invocation}` on {r.machine}."
+            f"COCO metrics{_evaluations(r.spec)}. Spec `{display_path(r.spec.source)}`; generated "
+            f"{r.generated} by `{r.invocation}` on {r.machine}; runs: {r.launcher}."
         )
     ]
+
+
+def _evaluations(spec: CompareSpec) -> str:
+    if not spec.evaluations:
+        return ""
+    return f" at the end and every {spec.eval_period} iterations during training"
 
 
 def _results(r: ReportInputs) -> list[Block]:
@@ -103,15 +108,17 @@ def _results(r: ReportInputs) -> list[Block]:
         Paragraph(
             "AP (IoU 0.5:0.95), AP50, AP75, APs / APm / APl (small, medium, large objects) and AR@100 on "
             "the validation set, in percent: mean ± std over seeds (no ± with one seed; – where no "
-            "ground truth falls in the range). s/iter and images/s: training speed (runs one after "
-            "another on the machine above); peak memory: the training process's peak resident memory "
-            "(on a GPU: peak allocated CUDA memory)."
+            "ground truth falls in the range). s/iter and images/s: training speed of each run with "
+            "the resources it had (see Setup: several runs at once share the machine); peak memory: the "
+            "training process's peak resident memory (on a GPU: peak allocated CUDA memory). A method "
+            "a race stopped shows its evaluation where it stopped."
         ),
     ]
+    verdicts = {v.family: v for v in r.verdicts}
     for family, members in families(r.summaries).items():
         header, rows = table_rows(members)
         blocks += [Heading(family, 3), Table(header, rows)]
-        blocks.extend(_leader(members))
+        blocks.extend(_verdict_blocks(verdicts.get(family), members, r))
     failed = [run for run in r.records if run.status == FAILED]
     if failed:
         blocks.append(Heading("Failed runs"))
@@ -126,19 +133,98 @@ def _results(r: ReportInputs) -> list[Block]:
     return blocks
 
 
-def _leader(members: list[MethodSummary]) -> list[Block]:
-    """The method(s) with the highest mean AP as shown (ties at the shown precision named together),
-    with a warning when there is no spread to judge the gap by."""
-    scored = [s for s in members if s.stats["AP"].mean is not None]
-    if len(scored) < 2:
+def _ci(interval: Interval | None) -> str:
+    return interval.format() if interval is not None else "–"
+
+
+def _estimate_row(e: MethodEstimate, diff: PairedDifference | None, baseline: bool) -> list[str]:
+    change = "baseline" if baseline else "–"
+    verdict = ""
+    if diff is not None:
+        change = f"{100 * diff.difference:+.1f} ({diff.interval.format(signed=True)})"
+        verdict = diff.verdict
+    return [
+        e.name,
+        f"{e.seeds} x {e.images}",
+        f"{100 * e.mean:.1f}",
+        _ci(e.seed_interval),
+        _ci(e.image_interval),
+        change,
+        verdict,
+    ]
+
+
+def _verdict_blocks(v: FamilyVerdicts | None, members: list[MethodSummary], r: ReportInputs) -> list[Block]:
+    """The family's verdicts: a table of intervals and differences to the baseline, the verdicts in
+    words, and what may be said about the leader."""
+    stopped = [
+        e for e in (r.race.eliminations if r.race is not None else []) if e.family == members[0].family
+    ]
+    if v is None or len(v.estimates) + len(stopped) < 2:
+        if len([m for m in members if m.seeds and m.stopped_at is None]) > 1:
+            return [Paragraph("No verdicts: the finished runs kept no detections of their final evaluation.")]
         return []
-    shown = {s.name: format_stat(MeanStd(s.stats["AP"].mean, None, 1), "AP") for s in scored}
-    top = max(scored, key=lambda s: s.stats["AP"].mean or 0.0)
-    leaders = [s.name for s in scored if shown[s.name] == shown[top.name]]
-    text = f"Highest mean AP: {' and '.join(leaders)} ({shown[top.name]})."
-    if all(s.stats["AP"].n < 2 for s in scored):
-        text += " With one seed per method there is no spread to tell a real gap from seed noise."
-    return [Paragraph(text)]
+    level = f"{CONFIDENCE:.0%}"
+    diffs = {d.method: d for d in v.comparisons}
+    rows = [_estimate_row(e, diffs.get(e.name), e.name == v.baseline) for e in v.estimates]
+    for e in stopped:
+        d = e.against_leader
+        rows.append(
+            [e.method, "–", "–", "–", "–", "–", f"stopped at {e.rung}: {d.verdict} than {d.baseline}"]
+        )
+    header = [
+        "method",
+        "seeds x images",
+        "AP",
+        f"{level} CI, seeds (t)",
+        f"{level} CI, images",
+        f"AP - {v.baseline} ({level} CI)",
+        "verdict",
+    ]
+    blocks: list[Block] = [
+        Paragraph(
+            f"Verdicts against {v.baseline}, in AP points: the mean over seeds with its Student-t interval "
+            "over seeds (two seeds or more) and its bootstrap interval over the validation images; the "
+            f"paired difference to {v.baseline} (same seeds, same images) with its two-stage bootstrap "
+            "interval (seeds, then images). Better or worse only where that interval excludes 0."
+        ),
+        Table(header, rows),
+    ]
+    sentences = [d.sentence() + "." for d in v.comparisons]
+    sentences += [
+        f"{e.method}: stopped by the race at iteration {e.rung}, {e.against_leader.sentence()}."
+        for e in stopped
+    ]
+    if sentences:
+        blocks.append(BulletList(sentences))
+    if v.leader:
+        names = ", ".join(e.method for e in stopped)
+        among = f" (Among the methods trained to the budget; the race stopped {names}.)" if stopped else ""
+        blocks.append(Paragraph(v.leader + among))
+    return blocks
+
+
+def _race(r: ReportInputs) -> list[Block]:
+    if r.race is None:
+        return []
+    race = r.race
+    rungs = ", ".join(map(str, race.rungs))
+    blocks: list[Block] = [
+        Heading("Race"),
+        Paragraph(
+            f"Successive halving over the budget of {r.spec.budget} iterations: every run trained to "
+            f"iteration {rungs} in turn and was scored there; a method stopped when the paired "
+            f"{CONFIDENCE:.0%} interval of its AP minus that of its family's leader lay below 0 (the "
+            "baseline always runs on); the others resumed from their checkpoints. The race "
+            f"{race.cost.describe()}."
+        ),
+    ]
+    if race.eliminations:
+        rows = [[e.family, e.method, str(e.rung), e.against_leader.sentence()] for e in race.eliminations]
+        blocks.append(Table(["family", "method", "stopped at", "at that iteration"], rows))
+    else:
+        blocks.append(Paragraph("No method was clearly worse at any rung: every run trained to the budget."))
+    return blocks
 
 
 def _figures(r: ReportInputs) -> list[Block]:
@@ -204,9 +290,11 @@ def _files(r: ReportInputs) -> list[Block]:
         BulletList(
             [
                 "`results.csv`: one row per run (metrics, costs, status, folder, command).",
-                "`results.json`: the same runs, the per-method mean / std / number of seeds, and this setup.",
+                "`results.json`: the same runs, the per-method mean / std / number of seeds, the verdicts "
+                "with their intervals, the race (if any) and this setup.",
                 "`runs/METHOD-seedN/`: each run's `config.yaml`, `log.csv` (losses and per-head sampling "
-                "diagnostics), `metrics.json`, `pr50.json`, checkpoints, `train.log` and `run.json`.",
+                "diagnostics), `metrics.json`, `pr50.json`, `eval_history.json`, `detections/` (the "
+                "detections of each evaluation), checkpoints, `train.log` and `run.json`.",
             ]
         ),
     ]
@@ -214,7 +302,7 @@ def _files(r: ReportInputs) -> list[Block]:
 
 def build_sections(r: ReportInputs) -> list[Block]:
     """The report's blocks, in order (the title is the spec's)."""
-    return [*_setup(r), *_results(r), *_figures(r), *_gallery(r), *_reproduce(r), *_files(r)]
+    return [*_setup(r), *_results(r), *_race(r), *_figures(r), *_gallery(r), *_reproduce(r), *_files(r)]
 
 
 def about(r: ReportInputs) -> dict[str, object]:
@@ -224,7 +312,10 @@ def about(r: ReportInputs) -> dict[str, object]:
         "spec": display_path(r.spec.source),
         "seeds": list(r.spec.seeds),
         "budget": r.spec.budget,
+        "evaluations": r.spec.evaluations,
+        "baselines": {v.family: v.baseline for v in r.verdicts},
         "data": describe_data(r.cfg),
+        "launcher": r.launcher,
         "invocation": r.invocation,
         "machine": r.machine,
         "versions": r.versions,

@@ -5,6 +5,8 @@ A spec is a YAML file (see docs/compare.md and configs/compare/default.yaml):
     title: Sampling strategies  # optional; default: the file name; the report adds the data ("..., on X")
     seeds: 1                # N (seeds 0..N-1) or a list of seeds
     budget: 600             # training iterations of every run (sets solver.max_iter)
+    evaluations: 4          # evaluations during training (every budget / N iterations); 0 = at the end only
+    baseline: [random sampling]   # per family, the run the others are compared with (default: its first)
     overrides: []           # KEY=VALUE applied to every run, e.g. data.train=... data.val=...
     gallery:                # optional
       image: null           # id or file name of the training image shown; null = the one with most objects
@@ -17,8 +19,9 @@ A spec is a YAML file (see docs/compare.md and configs/compare/default.yaml):
 
 A run's config is its preset, then the spec's `overrides`, the run's `overrides`, the command line's
 overrides, and last what the comparison fixes for every run: `solver.max_iter` (the budget),
-`train.seed`, `output_dir` and `train.progress=false` (the comparison draws its own progress bars);
-the warmup is capped at a tenth of the budget. Every config is built and validated when the spec is
+`train.eval_period` (budget / evaluations, when `evaluations` > 0), `train.seed`, `output_dir` and
+`train.progress=false` (the comparison draws its own progress bars); the warmup is capped at a
+tenth of the budget. Every config is built and validated when the spec is
 loaded, so a bad preset or override fails before any training, naming the spec file and the run.
 """
 
@@ -43,7 +46,7 @@ FAMILIES = ("two-stage", "one-stage")
 #: model.arch -> family, when a run does not name its family.
 ARCH_FAMILY = {"faster_rcnn": "two-stage", "fast_rcnn": "two-stage", "retinanet": "one-stage"}
 
-_SPEC_KEYS = ("title", "seeds", "budget", "overrides", "gallery", "runs")
+_SPEC_KEYS = ("title", "seeds", "budget", "evaluations", "baseline", "overrides", "gallery", "runs")
 _RUN_KEYS = ("name", "family", "preset", "overrides")
 _GALLERY_KEYS = ("image", "top_k")
 
@@ -83,8 +86,24 @@ class CompareSpec:
     budget: int
     overrides: tuple[str, ...] = ()
     gallery: GallerySpec = field(default_factory=GallerySpec)
+    #: Evaluations during training (every budget // evaluations iterations); 0: at the end only.
+    evaluations: int = 0
+    #: Run names the other runs of their family are compared with (at most one per family); a
+    #: family without one is compared with its first run.
+    baselines: tuple[str, ...] = ()
     #: Overrides from the command line: applied to every run after the run's own.
     extra_overrides: tuple[str, ...] = ()
+
+    @property
+    def eval_period(self) -> int:
+        """train.eval_period of every run (0: no evaluation during training)."""
+        return max(1, self.budget // self.evaluations) if self.evaluations else 0
+
+    def baseline_of(self, family: str) -> str:
+        """The run the others of `family` are compared with."""
+        members = [r.name for r in self.runs if r.family == family]
+        named = [name for name in self.baselines if name in members]
+        return named[0] if named else members[0]
 
     def with_options(
         self,
@@ -92,9 +111,11 @@ class CompareSpec:
         budget: int | None = None,
         data: str | None = None,
         overrides: list[str] | tuple[str, ...] = (),
+        baselines: list[str] | tuple[str, ...] | None = None,
     ) -> CompareSpec:
         """The spec with the command line's choices: `seeds` (0..N-1), `budget`, `data`
-        ("TRAIN[,VAL]"; VAL defaults to TRAIN, right for a VOC root) and extra overrides."""
+        ("TRAIN[,VAL]"; VAL defaults to TRAIN, right for a VOC root), extra overrides and
+        `baselines` (run names; they replace the spec's)."""
         extra = list(overrides)
         if data is not None:
             train, _, val = data.partition(",")
@@ -110,25 +131,21 @@ class CompareSpec:
             seeds=tuple(range(seeds)) if seeds is not None else self.seeds,
             budget=budget if budget is not None else self.budget,
             extra_overrides=(*self.extra_overrides, *extra),
+            baselines=_baselines(baselines, self.runs, "--baseline") if baselines else self.baselines,
         )
         spec.check()
         return spec
 
     def run_overrides(self, run: RunSpec, seed: int, output_dir: Path) -> list[str]:
         """Every override of `run` with `seed` after its preset, in the order they apply."""
-        wanted = [
-            *self.overrides,
-            *run.overrides,
-            *self.extra_overrides,
-            f"solver.max_iter={self.budget}",
-            f"train.seed={seed}",
-            "train.progress=false",
-            f"output_dir={output_dir}",
-        ]
-        warmup = self._config(run, wanted).solver.warmup_iters
+        own = [*self.overrides, *run.overrides, *self.extra_overrides, f"solver.max_iter={self.budget}"]
+        fixed = [f"train.seed={seed}", "train.progress=false", f"output_dir={output_dir}"]
+        if self.evaluations:
+            fixed.insert(0, f"train.eval_period={self.eval_period}")
+        warmup = self._config(run, [*own, *fixed]).solver.warmup_iters
         if warmup > self.budget // 10:
-            wanted.insert(-3, f"solver.warmup_iters={self.budget // 10}")
-        return wanted
+            own.append(f"solver.warmup_iters={self.budget // 10}")
+        return [*own, *fixed]
 
     def run_config(self, run: RunSpec, seed: int, output_dir: Path) -> Config:
         """The validated config of `run` with `seed`, writing to `output_dir`."""
@@ -200,6 +217,25 @@ def resolve_preset(preset: str, spec_path: Path) -> Path:
     )
 
 
+def _baselines(value: Any, runs: tuple[RunSpec, ...], where: str) -> tuple[str, ...]:
+    """Baseline run names: each a run of the spec, at most one per family."""
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{where}: expected a run name or a list of run names, got {value!r}")
+    family = {r.name: r.family for r in runs}
+    for name in names:
+        if name not in family:
+            raise ConfigError(
+                f"{where}: {name!r} is not a run of the spec; runs: {', '.join(map(repr, family))}"
+            )
+    for fam in FAMILIES:
+        named = [n for n in names if family[n] == fam]
+        if len(named) > 1:
+            both = " and ".join(map(repr, named))
+            raise ConfigError(f"{where}: {both} are both {fam} runs; name one per family")
+    return tuple(names)
+
+
 def _seeds(value: Any, path: Path) -> tuple[int, ...]:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return tuple(range(value))
@@ -266,6 +302,15 @@ def load_spec(path: str | Path) -> CompareSpec:
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
         raise ConfigError(f"{_where(path, 'gallery.top_k')}: expected an integer >= 1, got {top_k!r}")
     image = gallery.get("image")
+    evaluations = data.get("evaluations", 0)
+    if not isinstance(evaluations, int) or isinstance(evaluations, bool) or not 0 <= evaluations <= budget:
+        raise ConfigError(
+            f"{_where(path, 'evaluations')}: expected a number of evaluations during training from 0 to "
+            f"the budget ({budget}), got {evaluations!r}"
+        )
+    baselines = ()
+    if "baseline" in data:
+        baselines = _baselines(data["baseline"], run_specs, _where(path, "baseline"))
     spec = CompareSpec(
         source=path,
         title=str(data.get("title") or path.stem),
@@ -274,6 +319,8 @@ def load_spec(path: str | Path) -> CompareSpec:
         budget=budget,
         overrides=_overrides(data.get("overrides"), path, "overrides"),
         gallery=GallerySpec(image=None if image is None else str(image), top_k=top_k),
+        evaluations=evaluations,
+        baselines=baselines,
     )
     spec.check()
     return spec

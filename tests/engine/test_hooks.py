@@ -5,6 +5,7 @@ exactly; the signal stop request."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 from hardmine.config import load_config
 from hardmine.engine import training
 from hardmine.engine.checkpoint import load_checkpoint
-from hardmine.engine.evaluation import EVAL_HISTORY_FILE, read_eval_history
+from hardmine.engine.evaluation import DETECTIONS_DIR, EVAL_HISTORY_FILE, detections_file, read_eval_history
 from hardmine.engine.hooks import StopRequest
 
 
@@ -36,9 +37,13 @@ def test_evaluating_during_training_changes_nothing_and_stop_at_resumes_exactly(
     assert load_checkpoint(run / "checkpoint_last.pt")["iteration"] == 2
     assert not (run / "model_final.pt").exists() and not (run / "metrics.json").exists()
     assert [e["iteration"] for e in read_eval_history(run / EVAL_HISTORY_FILE)] == [1, 2]
+    assert sorted(p.name for p in (run / DETECTIONS_DIR).iterdir()) == ["0000001.json", "0000002.json"]
+    stale = detections_file(run, 3)  # e.g. left by an attempt that was killed after iteration 3
+    stale.write_text("[]")
     # resumed with the same stop: nothing left to train
     again = training.train(load_config(None, [*evaluated, "train.stop_at=2"]), resume=True)
     assert (again.iterations, again.stopped) == (2, "train.stop_at=2")
+    assert not stale.exists()  # after the iteration it resumed from
 
     result = training.train(load_config(None, evaluated), resume=True)
     assert result.iterations == 4 and not result.stopped and result.metrics is not None
@@ -54,6 +59,12 @@ def test_evaluating_during_training_changes_nothing_and_stop_at_resumes_exactly(
     history = read_eval_history(run / EVAL_HISTORY_FILE)
     assert [e["iteration"] for e in history] == [1, 2, 3, 4]
     assert history[-1] == {"iteration": 4, **result.metrics}
+    # each evaluation's detections: a COCO results file on the validation images
+    kept = sorted(p.name for p in (run / DETECTIONS_DIR).iterdir())
+    assert kept == [f"000000{i}.json" for i in (1, 2, 3, 4)]
+    final = json.loads(detections_file(run, 4).read_text())
+    assert isinstance(final, list)
+    assert all(set(d) == {"image_id", "category_id", "bbox", "score"} for d in final)
     rows = _rows(run)
     assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]  # log_period 2, evaluations at 1 and 3
     for row, entry in zip(rows[:3], history):
@@ -71,8 +82,10 @@ def test_a_new_run_drops_an_earlier_runs_evaluation_history(fast_overrides, tmp_
     history = Path(cfg.output_dir) / EVAL_HISTORY_FILE
     history.parent.mkdir(parents=True)
     history.write_text('{"evaluations": [{"iteration": 7, "AP": 0.5}]}\n')
+    detections_file(Path(cfg.output_dir), 7).parent.mkdir()
+    detections_file(Path(cfg.output_dir), 7).write_text("[]")
     training.train(cfg)
-    assert not history.exists()
+    assert not history.exists() and not (Path(cfg.output_dir) / DETECTIONS_DIR).exists()
     assert "eval/AP" not in _rows(Path(cfg.output_dir))[0]  # no evaluation column without eval_period
 
 

@@ -1,7 +1,9 @@
 """`hardmine compare` end to end: a tiny comparison (two runs and one that crashes, a few iterations
-each, in their own processes) writes a report with every section, an HTML page that embeds its
-images and renders in headless Chromium, and the results files; a failed run is reported without
-stopping the others; a re-run trains nothing that finished. Plus the spec's errors and defaults."""
+each, in their own processes, two at once) writes a report with every section, an HTML page that
+embeds its images and renders in headless Chromium, and the results files; a failed run is
+reported without stopping the others; a re-run trains nothing that finished. A raced comparison of
+two runs through submitit's local executor stops one at a rung and finishes the other. Bad options
+are refused before any training. Plus the spec's errors and defaults."""
 
 from __future__ import annotations
 
@@ -19,9 +21,15 @@ import yaml
 from PIL import Image
 
 from hardmine.cli import main
+from hardmine.engine.checkpoint import load_checkpoint
 from hardmine.errors import ConfigError
 from hardmine.report import compare as compare_module
+from hardmine.report import launch as launch_module
+from hardmine.report.launch import Slot
+from hardmine.report.racing import Elimination
+from hardmine.report.runs import plan_runs
 from hardmine.report.spec import DEFAULT_SPEC, QUICK_SPEC, load_spec
+from hardmine.report.verdicts import Interval, PairedDifference
 
 #: Every run of the tiny comparison: small images, few proposals, one thread (the CPU is shared,
 #: and two threads on a busy core are many times slower than one).
@@ -44,6 +52,7 @@ SECTIONS = (
     "### one-stage",
     "## Failed runs",
     "## Training loss",
+    "## AP during training",
     "## Foreground share of the classification loss",
     "## AP per method",
     "## Precision-recall at IoU 0.5",
@@ -52,14 +61,16 @@ SECTIONS = (
 )
 
 
-def write_spec(path: Path, synth_dir: Path, runs: list[dict]) -> Path:
+def write_spec(path: Path, synth_dir: Path, runs: list[dict], budget: int = 3, **extra: object) -> Path:
     spec = {
         "title": "tiny comparison",
         "seeds": 1,
-        "budget": 3,
+        "budget": budget,
+        "evaluations": budget - 1,
         "overrides": [f"data.train={synth_dir / 'train.json'}", f"data.val={synth_dir / 'val.json'}", *TINY],
         "gallery": {"top_k": 16},
         "runs": runs,
+        **extra,
     }
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
@@ -83,7 +94,7 @@ def tiny(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("compare")
     spec = write_spec(root / "spec.yaml", synth_dir, TINY_RUNS)
     out = root / "out"
-    status = main(["compare", str(spec), "--out", str(out)])
+    status = main(["compare", str(spec), "--out", str(out), "--jobs", "2"])
     return {"spec": spec, "out": out, "status": status}
 
 
@@ -95,9 +106,9 @@ def test_report_has_every_section_and_the_results_files(tiny):
     assert md.splitlines()[0] == f"# tiny comparison, on `{synth / 'train.json'}` / `{synth / 'val.json'}`"
     for heading in SECTIONS:
         assert heading in md, heading
-    # Every linked image exists: four plots and one gallery picture per successful method.
+    # Every linked image exists: five plots and one gallery picture per successful method.
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    assert sorted(Path(link).parent.name for link in links) == ["gallery"] * 2 + ["plots"] * 4
+    assert sorted(Path(link).parent.name for link in links) == ["gallery"] * 2 + ["plots"] * 5
     assert all((out / link).is_file() and (out / link).read_bytes()[:4] == b"\x89PNG" for link in links)
     assert "sampler `random` selects" in md and "sampler `none` trains on all" in md
     assert "hardmine train configs/faster_rcnn_tiny.yaml" in md and "train.seed=0" in md
@@ -120,7 +131,22 @@ def test_report_has_every_section_and_the_results_files(tiny):
     assert metrics["iterations"] == 3 and metrics["images_per_second"] > 0 and metrics["peak_memory_mb"] > 0
     pr = json.loads((run_dir / "pr50.json").read_text())
     assert len(pr["recall"]) == len(pr["precision"]) == 101
-    assert json.loads((run_dir / "run.json").read_text())["returncode"] == 0
+    record = json.loads((run_dir / "run.json").read_text())
+    assert (
+        record["returncode"] == 0 and record["launcher"] == "local" and record["resources"].endswith("thread")
+    )
+    # evaluations at 1 and 2 and at the end, each with its detections
+    assert sorted(p.name for p in (run_dir / "detections").iterdir()) == [
+        f"000000{i}.json" for i in (1, 2, 3)
+    ]
+
+    # the verdicts: each family's other methods against its baseline, with intervals (one seed: images)
+    assert "Verdicts against random sampling" not in md  # the only finished two-stage method
+    assert (
+        results["verdicts"][1]["family"] == "one-stage"
+        or results["verdicts"][0]["baseline"] == "random sampling"
+    )
+    assert "runs: 2 runs at once, each on" in md
 
 
 def test_a_failed_run_is_reported_and_does_not_stop_the_others(tiny):
@@ -148,7 +174,7 @@ def test_html_embeds_its_images_and_renders_in_headless_chromium(tiny, tmp_path)
     page = tiny["out"] / "report.html"
     text = page.read_text()
     sources = re.findall(r'src="([^"]*)"', text)
-    assert len(sources) == 6 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert len(sources) == 7 and all(s.startswith("data:image/png;base64,") for s in sources)
     assert "<script" not in text and "http://" not in text and "https://" not in text
     assert "<h2>Hard examples</h2>" in text and "<table>" in text
 
@@ -191,7 +217,7 @@ def test_rerun_skips_finished_runs(tiny, monkeypatch, capsys):
         launched.append(args)
         return real_popen(args, **kwargs)
 
-    monkeypatch.setattr(compare_module.subprocess, "Popen", recording_popen)
+    monkeypatch.setattr(launch_module.subprocess, "Popen", recording_popen)
     assert main(["compare", str(tiny["spec"]), "--out", str(tiny["out"])]) == 1
     out = capsys.readouterr().out
     assert out.count("finished before, skipped") == 2
@@ -203,11 +229,89 @@ def test_rerun_skips_finished_runs(tiny, monkeypatch, capsys):
 
 def test_a_changed_config_is_not_skipped(tiny):
     spec = load_spec(tiny["spec"])
-    planned = compare_module.plan_runs(spec, tiny["out"])
-    assert planned[0].finished()
-    changed = compare_module.plan_runs(spec.with_options(budget=4), tiny["out"])
+    planned = plan_runs(spec, tiny["out"])
+    assert planned[0].finished() and planned[0].reached(2)
+    changed = plan_runs(spec.with_options(budget=4), tiny["out"])
     assert not changed[0].finished() and not changed[0].resumable()  # other max_iter: trains afresh
-    assert compare_module.pending_iterations(changed) > 0
+    assert changed[0].trained_iterations() == 0
+    # the thread count or the evaluation period do not change the weights: the same run
+    threads = plan_runs(
+        spec.with_options(overrides=["train.num_threads=2", "train.eval_period=3"]), tiny["out"]
+    )
+    assert threads[0].finished()
+
+
+def test_the_launch_sets_the_threads_a_config_leaves_open_and_where_a_race_stops(tiny):
+    planned = plan_runs(load_spec(tiny["spec"]), tiny["out"])[0]
+    assert compare_module.launch_overrides(planned, Slot(0, 1), None) == []  # the spec fixes 1 thread
+    planned.cfg.train.num_threads = 0
+    assert compare_module.launch_overrides(planned, Slot(0, 3), 2) == [
+        "train.num_threads=3",
+        "train.stop_at=2",
+    ]
+    assert compare_module.launch_overrides(planned, Slot(0, None, ("",)), None) == []
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--jobs", "0"], "--jobs 0: the number of runs at once must be >= 1"),
+        (["--gpus-per-run", "1"], "--gpus-per-run: no GPU is visible"),
+        (["--baseline", "OHEM"], "--baseline: 'OHEM' is not a run of the spec; runs: 'random sampling'"),
+        (["--launcher", "slurm"], "--launcher slurm: sinfo / sbatch are not on PATH"),
+        (["--race", "--budget", "3"], "--race compares the runs at evaluations during training"),
+    ],
+)
+def test_bad_options_are_refused_before_any_training(tmp_path, capsys, synth_dir, options, message):
+    if "slurm" in options and (shutil.which("sinfo") or shutil.which("sbatch")):
+        pytest.skip("this machine has Slurm commands")
+    runs = [{"name": "random sampling", "preset": "faster_rcnn_tiny"}]
+    spec = write_spec(tmp_path / "spec.yaml", synth_dir, runs, evaluations=0)
+    assert main(["compare", str(spec), *options, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # nothing trained, nothing written
+
+
+def test_a_race_through_submitits_local_executor(synth_dir, tmp_path, monkeypatch):
+    """Two runs as submitit jobs (the cluster path, with the local executor), raced over 2 iterations
+    (one rung, at 1): the second is made clearly worse there, stops with its checkpoint, and the
+    first resumes to the end."""
+    pytest.importorskip("submitit")
+    runs = [
+        {"name": "focal loss", "preset": "retinanet_tiny"},
+        {"name": "alpha CE", "preset": "retinanet_tiny", "overrides": ["dense_head.cls_loss=bce"]},
+    ]
+    spec = write_spec(tmp_path / "spec.yaml", synth_dir, runs, budget=2, evaluations=2)
+    real = compare_module.eliminate
+
+    def stop_alpha_ce_at_the_first_rung(families, baselines, rung):
+        real(families, baselines, rung)  # the real rule runs on the runs' real scores
+        assert rung == 1 and [m.name for m in families["one-stage"]] == ["focal loss", "alpha CE"]
+        worse = PairedDifference("alpha CE", "focal loss", -0.05, Interval(-0.08, -0.02), 1, 4)
+        return [Elimination("alpha CE", "one-stage", 1, worse)]
+
+    monkeypatch.setattr(compare_module, "eliminate", stop_alpha_ce_at_the_first_rung)
+    out = tmp_path / "out"
+    argv = ["compare", str(spec), "--launcher", "submitit-local", "--jobs", "2", "--race", "--out", str(out)]
+    assert main(argv) == 0
+    rows = {r["name"]: r for r in csv.DictReader((out / "results.csv").open())}
+    assert (rows["focal loss"]["status"], rows["alpha CE"]["status"]) == ("trained", "stopped")
+    stopped = out / "runs" / "alpha-ce-seed0"
+    assert load_checkpoint(stopped / "checkpoint_last.pt")["iteration"] == 1
+    assert not (stopped / "metrics.json").exists()
+    finished = out / "runs" / "focal-loss-seed0"
+    assert json.loads((finished / "metrics.json").read_text())["iterations"] == 2
+    assert json.loads((finished / "job.json").read_text())["launcher"] == "submitit-local"
+    assert (out / "cluster").is_dir()
+    md = (out / "report.md").read_text()
+    assert "## Race" in md and "| one-stage | alpha CE | 1 |" in md
+    assert (
+        "Verdicts against focal loss" in md
+        and "| alpha CE | – | – | – | – | – | stopped at 1: worse than focal loss |" in md
+    )
+    race = json.loads((out / "results.json").read_text())["race"]
+    assert race["rungs"] == [1] and race["cost"]["trained"] == 2 + 1
 
 
 # --- the spec --------------------------------------------------------------------------------
@@ -238,6 +342,13 @@ def spec_file(tmp_path: Path, text: str) -> Path:
         ),
         ("runs:\n  - {name: a, preset: retinanet_tiny, family: two-stage}\n", "is one-stage"),
         ("runs:\n  - {name: a, preset: retinanet_tiny, family: three-stage}\n", "runs[0].family"),
+        ("evaluations: -1\nruns:\n  - {name: a, preset: faster_rcnn_tiny}\n", "evaluations: expected"),
+        ("baseline: b\nruns:\n  - {name: a, preset: faster_rcnn_tiny}\n", "baseline: 'b' is not a run"),
+        (
+            "baseline: [a, b]\nruns:\n  - {name: a, preset: faster_rcnn_tiny}\n"
+            "  - {name: b, preset: faster_rcnn_ohem}\n",
+            "'a' and 'b' are both two-stage runs",
+        ),
         ("- a\n- b\n", "expected a mapping"),
     ],
 )
