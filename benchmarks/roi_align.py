@@ -17,9 +17,17 @@ then torchvision, so load from other processes hits both alike; each timing is t
 `--repeats` calls, the reported time the median over rounds, and the ratio (torchvision's time /
 hardmine's, > 1: hardmine faster) the median of the per-round ratios.
 
-    python -m benchmarks.roi_align [--quick] [--threads 1 2] [--channels 64 256] [--rounds N]
+With --steps, whole training steps instead: the presets `faster_rcnn_tiny.yaml` (random sampling,
+B = 512) and `faster_rcnn_ohem.yaml`, each built twice from the same seed, once as configured
+(torchvision's pooler) and once with hardmine's `MultiScaleRoIAlign` swapped into the RoI head; the
+four models train on the same batches of the built-in dataset in an order that rotates every round.
 
-Last printed line: `roi_align_speedup_fwd=X roi_align_speedup_fwd_bwd=Y` (medians over all cases).
+    python -m benchmarks.roi_align [--quick] [--threads 1 2] [--channels 64 256] [--rounds N]
+    python -m benchmarks.roi_align --steps [--threads 1 2] [--rounds N] [--iters N]
+
+Last printed line: `roi_align_speedup_fwd=X roi_align_speedup_fwd_bwd=Y` (medians over all cases),
+or with --steps `step_speedup_random=X step_speedup_ohem=Y ohem_time_ratio_torchvision=A
+ohem_time_ratio_hardmine=B` (OHEM's time per step over random sampling's, per pooler).
 """
 
 from __future__ import annotations
@@ -34,6 +42,12 @@ import torch
 from torch import Tensor
 from torchvision.ops import MultiScaleRoIAlign as TorchvisionMultiScaleRoIAlign
 
+from benchmarks.accuracy import CONFIGS
+from benchmarks.common import make_batches, train_steps
+from hardmine.config import load_config
+from hardmine.data.sources import resolve_split
+from hardmine.engine.schedule import build_optimizer
+from hardmine.models.build import build_model
 from hardmine.ops import MultiScaleRoIAlign
 
 IMAGE_SIZE = 320
@@ -160,16 +174,94 @@ def run(threads: int, channels: int, rounds: int, repeats: int) -> list[tuple[st
     return rows
 
 
+#: training-step presets: name -> config file
+PRESETS = {"random": "faster_rcnn_tiny.yaml", "ohem": "faster_rcnn_ohem.yaml"}
+
+
+def step_models(threads: int) -> dict[tuple[str, str], tuple[torch.nn.Module, torch.optim.Optimizer]]:
+    """(preset, pooler) -> model and optimizer; both poolers of a preset start from the same weights."""
+    torch.set_num_threads(threads)
+    models = {}
+    for preset, file in PRESETS.items():
+        cfg = load_config(CONFIGS / file)
+        num_classes = resolve_split(cfg.data, "train").num_classes
+        for pooler in ("torchvision", "hardmine"):
+            torch.manual_seed(0)
+            model = build_model(cfg, num_classes).train()
+            if pooler == "hardmine":
+                head = model.heads["roi"]
+                theirs = head.box_roi_pool
+                head.box_roi_pool = MultiScaleRoIAlign(
+                    theirs.featmap_names, theirs.output_size, theirs.sampling_ratio
+                )
+            models[preset, pooler] = (model, build_optimizer(model, cfg.solver))
+    return models
+
+
+def run_steps(threads: int, rounds: int, iters: int) -> dict[str, float]:
+    """Seconds per training step of the four models (see the module docstring) and the ratios."""
+    models = step_models(threads)
+    batches = make_batches(load_config(CONFIGS / PRESETS["random"]), iters, BATCH, torch.device("cpu"))
+    for model, optimizer in models.values():  # warm-up
+        train_steps(model, optimizer, batches[:1], torch.device("cpu"))
+    names = list(models)
+    seconds: dict[tuple[str, str], list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            seconds[name].append(train_steps(*models[name], batches, torch.device("cpu")) / iters)
+        print(
+            f"threads={threads} round {r}: "
+            + ", ".join(f"{p}/{q} {seconds[p, q][-1]:.3f} s/iter" for p, q in names),
+            flush=True,
+        )
+
+    def median_ratio(a: tuple[str, str], b: tuple[str, str]) -> float:
+        return statistics.median(x / y for x, y in zip(seconds[a], seconds[b]))
+
+    result = {f"{p}/{q}": statistics.median(seconds[p, q]) for p, q in names}
+    for preset in PRESETS:
+        result[f"step_speedup_{preset}"] = median_ratio((preset, "torchvision"), (preset, "hardmine"))
+    for pooler in ("torchvision", "hardmine"):
+        result[f"ohem_time_ratio_{pooler}"] = median_ratio(("ohem", pooler), ("random", pooler))
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 rounds of 3 calls, 64 channels, 1 thread")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch CPU threads")
     parser.add_argument("--channels", type=int, nargs="+", default=[64, 256], help="FPN channels")
-    parser.add_argument("--rounds", type=int, default=6, help="alternating rounds per case")
-    parser.add_argument("--repeats", type=int, default=5, help="calls per timing (median)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per case")
+    parser.add_argument("--repeats", type=int, default=3, help="calls per timing (median)")
+    parser.add_argument("--steps", action="store_true", help="time training steps of the presets instead")
+    parser.add_argument(
+        "--iters", type=int, default=4, help="with --steps: training steps per model and round"
+    )
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.repeats, args.threads, args.channels = 3, 3, [1], [64]
+    if args.steps:
+        results = {threads: run_steps(threads, args.rounds, args.iters) for threads in args.threads}
+        print(f"\nrounds={args.rounds} iters={args.iters} batch={BATCH} presets={PRESETS}")
+        print(
+            "| threads | preset | torchvision s/iter | hardmine s/iter | step speedup | OHEM / random time |"
+        )
+        print("| --- | --- | --- | --- | --- | --- |")
+        for threads, r in results.items():
+            for preset in PRESETS:
+                theirs, ours, speedup = (
+                    r[preset + "/torchvision"],
+                    r[preset + "/hardmine"],
+                    r["step_speedup_" + preset],
+                )
+                print(f"| {threads} | {preset} | {theirs:.3f} | {ours:.3f} | {speedup:.2f} | |")
+            print(
+                f"| {threads} | OHEM / random | | | | torchvision {r['ohem_time_ratio_torchvision']:.2f}, "
+                f"hardmine {r['ohem_time_ratio_hardmine']:.2f} |"
+            )
+        last = results[args.threads[-1]]
+        print(" ".join(f"{key}={last[key]:.2f}" for key in last if "/" not in key))
+        return
 
     table = []
     for threads in args.threads:

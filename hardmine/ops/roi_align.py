@@ -150,9 +150,14 @@ class _TableLayout:
         ]
 
 
+#: Floats of pooled output per forward chunk: RoIs are pooled this many bins x channels at a time, so
+#: each chunk's [bins, C] gather result is still in cache when it is transposed into the result.
+CHUNK_FLOATS = 1 << 21
+
+
 @dataclass(frozen=True)
 class _Group:
-    """RoIs sharing one sampling grid (gy x gx samples per bin): where their entries and bins lie.
+    """RoIs of one chunk sharing one sampling grid (gy x gx samples per bin): their entries and bins.
 
     A group's entries are stored bin by bin as [bins, gy, 2, gx, 2]: sample (iy, ix) of the bin,
     then its corner (low / high row, low / high column); its bins are ordered (ph, pw, roi).
@@ -170,16 +175,33 @@ class _Group:
 
 
 @dataclass(frozen=True)
-class _Plan:
-    """Every entry (sample corner) of every output bin: the table row it reads and its weight."""
+class _Chunk:
+    """RoIs `first_roi` to `first_roi + rois`, pooled by one gather: their entries and bins."""
 
-    index: Tensor  # [E] table rows (int32 or int64, as offsets)
+    first_roi: int
+    rois: int
+    first_entry: int
+    entries: int
+    first_bin: int
+    bins: int
+    offsets: Tensor  # [bins] first entry of each bin, counted from first_entry
+    bin_rows: Tensor | None  # row (ph, pw, roi in chunk) of each bin; None: bins are in that order
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Every entry (sample corner) of every output bin: the table row it reads and its weight.
+
+    Entries and bins are laid out chunk after chunk, group after group.
+    """
+
+    index: Tensor  # [E] table rows (int32, or int64 for tables of 2**31 rows or more)
     weights: Tensor  # [E] bilinear weight / sample count of the bin
-    offsets: Tensor  # [bins] first entry of each bin
+    chunks: tuple[_Chunk, ...]
     groups: tuple[_Group, ...]
-    bin_rows: Tensor | None  # output row (ph, pw, roi) of each bin; None: bins already in that order
     num_rois: int
     pooled: tuple[int, int]
+    grid: tuple[int, int] | None  # the one sampling grid of every RoI (fixed ratio), else None
 
 
 def _plan(
@@ -193,6 +215,7 @@ def _plan(
 ) -> _Plan:
     """The sampling plan, with torchvision's arithmetic (in its order) in the feature dtype."""
     pooled_h, pooled_w = pooled
+    bins_per_roi = pooled_h * pooled_w
     dtype = layout.dtype
     index_dtype = torch.int32 if layout.rows < 2**31 else torch.int64
     num_rois = rois.shape[0]
@@ -214,58 +237,94 @@ def _plan(
     bin_h = roi_h / pooled_h
     bin_w = roi_w / pooled_w
 
-    members_by_grid: dict[tuple[int, int], Tensor | None]
-    if sampling_ratio > 0 or num_rois == 0:
-        members_by_grid = {(max(sampling_ratio, 1), max(sampling_ratio, 1)): None}
+    if sampling_ratio > 0:
+        grid = (sampling_ratio, sampling_ratio)
+        entries = num_rois * bins_per_roi * 4 * sampling_ratio**2
     else:  # ceil(roi_height / pooled_height) x ceil(roi_width / pooled_width) samples, per RoI
+        grid = None
         # a reversed box (aligned=True) gives a negative grid: no samples, as torchvision's loops
         # (NaN and infinite boxes too: torchvision's int cast makes those negative)
         grid_h = torch.ceil(bin_h).nan_to_num(0.0, 0.0, 0.0).clamp(min=0).to(torch.int64)
         grid_w = torch.ceil(bin_w).nan_to_num(0.0, 0.0, 0.0).clamp(min=0).to(torch.int64)
-        span = int(grid_w.max()) + 1
-        keys = grid_h * span + grid_w
-        members_by_grid = {
-            (key // span, key % span): torch.nonzero(keys == key).squeeze(1)
-            for key in torch.unique(keys).tolist()
-        }
+        entries = bins_per_roi * 4 * int((grid_h * grid_w).sum())
+    index = torch.empty(entries, dtype=index_dtype)
+    weights = torch.empty(entries, dtype=dtype)
 
-    indices, weights, groups, bin_rows = [], [], [], []
-    entries = bins = 0
-    for (gy, gx), members in members_by_grid.items():
+    chunk_rois = max(1, CHUNK_FLOATS // (layout.channels * bins_per_roi))
+    chunks, groups = [], []
+    entry = bin_ = 0
+    for first in range(0, num_rois, chunk_rois):
+        rois_here = min(chunk_rois, num_rois - first)
+        members_by_grid: dict[tuple[int, int], Tensor | None]
+        if grid is not None:
+            members_by_grid = {grid: None}
+        else:
+            grid_h_here, grid_w_here = grid_h[first : first + rois_here], grid_w[first : first + rois_here]
+            span = int(grid_w_here.max()) + 1
+            keys = grid_h_here * span + grid_w_here
+            members_by_grid = {
+                (key // span, key % span): torch.nonzero(keys == key).squeeze(1)
+                for key in torch.unique(keys).tolist()
+            }
+            if len(members_by_grid) == 1:  # the chunk's RoIs in order: no reordering
+                members_by_grid = dict.fromkeys(members_by_grid)
+        chunk_entry, chunk_bin = entry, bin_
+        bin_sizes, bin_rows = [], []
+        for (gy, gx), members in members_by_grid.items():
+            selected = slice(first, first + rois_here) if members is None else first + members
+            k = rois_here if members is None else members.numel()
+            size = bins_per_roi * k * 4 * gy * gx
+            if size:
+                _fill_group(
+                    index[entry : entry + size].view(pooled_h, pooled_w, k, 2 * gy, 2 * gx),
+                    weights[entry : entry + size].view(pooled_h, pooled_w, k, 2 * gy, 2 * gx),
+                    (start_h[selected], bin_h[selected], heights[selected]),
+                    (start_w[selected], bin_w[selected], widths[selected]),
+                    base[selected],
+                )
+            groups.append(_Group(entry, bin_, bins_per_roi * k, gy, gx))
+            bin_sizes.append(torch.full((bins_per_roi * k,), 4 * gy * gx, dtype=index_dtype))
+            if members is not None:
+                bin_rows.append((torch.arange(bins_per_roi)[:, None] * rois_here + members).view(-1))
+            entry += size
+            bin_ += bins_per_roi * k
+        sizes = _cat(bin_sizes)
+        chunks.append(
+            _Chunk(
+                first,
+                rois_here,
+                chunk_entry,
+                entry - chunk_entry,
+                chunk_bin,
+                bin_ - chunk_bin,
+                torch.cumsum(sizes, 0, dtype=index_dtype) - sizes,
+                _cat(bin_rows) if bin_rows else None,
+            )
+        )
+    return _Plan(index, weights, tuple(chunks), tuple(groups), num_rois, pooled, grid)
 
-        def pick(t: Tensor, members: Tensor | None = members) -> Tensor:
-            return t if members is None else t[members]
 
-        k = num_rois if members is None else members.numel()
-        rows, weight_y = _axis(pick(start_h), pick(bin_h), pooled_h, gy, pick(heights))
-        cols, weight_x = _axis(pick(start_w), pick(bin_w), pooled_w, gx, pick(widths))
-        rows = rows * (pick(widths) + 1)[:, None, None, None] + pick(base)[:, None, None, None]
-        weight_y = weight_y / max(gy * gx, 1)
-        # [ph, ., roi, (iy, a), .] with [., pw, roi, ., (ix, c)] -> [ph, pw, roi, iy, a, ix, c]
-        rows = rows.to(index_dtype).permute(1, 0, 2, 3).reshape(pooled_h, 1, k, 2 * gy, 1)
-        cols = cols.to(index_dtype).permute(1, 0, 2, 3).reshape(1, pooled_w, k, 1, 2 * gx)
-        weight_y = weight_y.permute(1, 0, 2, 3).reshape(pooled_h, 1, k, 2 * gy, 1)
-        weight_x = weight_x.permute(1, 0, 2, 3).reshape(1, pooled_w, k, 1, 2 * gx)
-        shape = (pooled_h, pooled_w, k, 2 * gy, 2 * gx)
-        indices.append(torch.add(rows, cols, out=rows.new_empty(shape)).view(-1))
-        weights.append(torch.mul(weight_y, weight_x, out=weight_y.new_empty(shape)).view(-1))
-        groups.append(_Group(entries, bins, pooled_h * pooled_w * k, gy, gx))
-        entries += indices[-1].numel()
-        bins += groups[-1].bins
-        if members is not None:
-            bin_rows.append((torch.arange(pooled_h * pooled_w)[:, None] * num_rois + members).view(-1))
-
-    bin_sizes = [torch.full((g.bins,), 4 * g.grid_h * g.grid_w, dtype=index_dtype) for g in groups]
-    bin_sizes_all = _cat(bin_sizes)
-    return _Plan(
-        index=_cat(indices),
-        weights=_cat(weights),
-        offsets=torch.cumsum(bin_sizes_all, 0, dtype=index_dtype) - bin_sizes_all,
-        groups=tuple(groups),
-        bin_rows=_cat(bin_rows) if bin_rows else None,
-        num_rois=num_rois,
-        pooled=pooled,
-    )
+def _fill_group(
+    index: Tensor,
+    weights: Tensor,
+    rows: tuple[Tensor, Tensor, Tensor],
+    cols: tuple[Tensor, Tensor, Tensor],
+    base: Tensor,
+) -> None:
+    """Writes one group's entries: `index` and `weights` are [ph, pw, roi, (iy, a), (ix, c)] views,
+    `rows` / `cols` the RoIs' (start, bin size, map size) along y / x, `base` their map's first row."""
+    pooled_h, pooled_w, k, grid_h2, grid_w2 = index.shape
+    row, weight_y = _axis(*rows[:2], pooled_h, grid_h2 // 2, rows[2])
+    col, weight_x = _axis(*cols[:2], pooled_w, grid_w2 // 2, cols[2])
+    row = row * (cols[2] + 1)[:, None, None, None] + base[:, None, None, None]
+    weight_y = weight_y / max(grid_h2 * grid_w2 // 4, 1)
+    # [k, ph, iy, a] -> [ph, ., k, (iy, a), .] and [k, pw, ix, c] -> [., pw, k, ., (ix, c)]
+    row = row.to(index.dtype).permute(1, 0, 2, 3).reshape(pooled_h, 1, k, grid_h2, 1)
+    col = col.to(index.dtype).permute(1, 0, 2, 3).reshape(1, pooled_w, k, 1, grid_w2)
+    weight_y = weight_y.permute(1, 0, 2, 3).reshape(pooled_h, 1, k, grid_h2, 1)
+    weight_x = weight_x.permute(1, 0, 2, 3).reshape(1, pooled_w, k, 1, grid_w2)
+    torch.add(row, col, out=index)
+    torch.mul(weight_y, weight_x, out=weights)
 
 
 def _axis(start: Tensor, bin_size: Tensor, pooled: int, grid: int, size: Tensor) -> tuple[Tensor, Tensor]:
@@ -301,19 +360,29 @@ class _RoIAlignFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: FunctionCtx, plan: _Plan, layout: _TableLayout, *features: Tensor) -> Tensor:
         table = layout.fill(features)
-        if plan.index.numel():
-            bins = F.embedding_bag(
-                plan.index, table, plan.offsets, mode="sum", per_sample_weights=plan.weights
-            )
-        else:
-            bins = table.new_zeros(plan.offsets.numel(), layout.channels)
-        if plan.bin_rows is not None:
-            bins = torch.empty_like(bins).index_copy_(0, plan.bin_rows, bins)
-        ctx.plan, ctx.layout = plan, layout
         pooled_h, pooled_w = plan.pooled
-        # [(ph, pw), (roi, c)] -> [(roi, c), (ph, pw)]: one 2-D transpose
-        pooled = bins.view(pooled_h * pooled_w, -1).t().contiguous()
-        return pooled.view(plan.num_rois, layout.channels, pooled_h, pooled_w)
+        channels = layout.channels
+        result = table.new_empty(plan.num_rois, channels, pooled_h, pooled_w)
+        rows = result.view(-1, pooled_h * pooled_w)
+        for chunk in plan.chunks:
+            if chunk.entries:
+                entries = slice(chunk.first_entry, chunk.first_entry + chunk.entries)
+                bins = F.embedding_bag(
+                    plan.index[entries],
+                    table,
+                    chunk.offsets,
+                    mode="sum",
+                    per_sample_weights=plan.weights[entries],
+                )
+            else:
+                bins = table.new_zeros(chunk.bins, channels)
+            if chunk.bin_rows is not None:
+                bins = torch.empty_like(bins).index_copy_(0, chunk.bin_rows, bins)
+            # [(ph, pw), (roi, c)] -> [(roi, c), (ph, pw)]: one 2-D transpose, from cache
+            first = chunk.first_roi * channels
+            rows[first : first + chunk.rois * channels].copy_(bins.view(pooled_h * pooled_w, -1).t())
+        ctx.plan, ctx.layout = plan, layout
+        return result
 
     @staticmethod
     @once_differentiable
@@ -321,10 +390,18 @@ class _RoIAlignFunction(torch.autograd.Function):
         plan: _Plan = ctx.plan
         layout: _TableLayout = ctx.layout
         pooled_h, pooled_w = plan.pooled
-        grad_bins = grad_output.reshape(-1, pooled_h * pooled_w).t().contiguous().view(-1, layout.channels)
-        if plan.bin_rows is not None:
-            grad_bins = grad_bins[plan.bin_rows]
-        grad_table = grad_output.new_zeros(layout.rows, layout.channels)
+        channels = layout.channels
+        grad_rows = grad_output.reshape(-1, pooled_h * pooled_w)
+        grad_bins = grad_output.new_empty(sum(c.bins for c in plan.chunks), channels)
+        for chunk in plan.chunks:
+            first = chunk.first_roi * channels
+            transposed = grad_rows[first : first + chunk.rois * channels].t()
+            target = grad_bins[chunk.first_bin : chunk.first_bin + chunk.bins]
+            if chunk.bin_rows is None:
+                target.view(pooled_h * pooled_w, -1).copy_(transposed)
+            else:
+                torch.index_select(transposed.reshape(-1, channels), 0, chunk.bin_rows, out=target)
+        grad_table = grad_output.new_zeros(layout.rows, channels)
         if plan.index.numel():
             _add_transposed(plan, layout, grad_bins, grad_table)
         return (None, None, *layout.unfill(grad_table))
@@ -333,6 +410,8 @@ class _RoIAlignFunction(torch.autograd.Function):
 def _add_transposed(plan: _Plan, layout: _TableLayout, grad_bins: Tensor, grad_table: Tensor) -> None:
     """grad_table[index[e]] += weights[e] * grad_bins[bin of e] over all entries, as sorted pulls."""
     groups = [g for g in plan.groups if g.samples]
+    if plan.grid is not None:  # one view over all groups
+        groups = [_Group(0, 0, plan.index.numel() // (4 * plan.grid[0] * plan.grid[1]), *plan.grid)]
     top_left = _cat(
         [
             plan.index[g.first_entry : g.first_entry + 4 * g.samples]
@@ -347,15 +426,19 @@ def _add_transposed(plan: _Plan, layout: _TableLayout, grad_bins: Tensor, grad_t
     counts = torch.bincount(top_left, minlength=layout.rows)
     offsets = (torch.cumsum(counts, 0) - counts).to(plan.index.dtype)
     # of each sorted sample: its bin, the entry of its corner (0, 0), the entry step to its lower row
-    if len(groups) == 1:
-        g = groups[0]
-        bins = g.first_bin + order // (g.grid_h * g.grid_w)
-        first = g.first_entry + 4 * order - 2 * (order % g.grid_w)
-        row_step: Tensor | int = 2 * g.grid_w
+    if plan.grid is not None:  # one grid for all: entries and bins are regular from 0 on
+        grid_h, grid_w = plan.grid
+        bins = order // (grid_h * grid_w)
+        first = 4 * order - 2 * (order % grid_w)
+        row_step: Tensor | int = 2 * grid_w
     else:
         sample = [torch.arange(g.samples) for g in groups]
-        bins = _cat([g.first_bin + s // (g.grid_h * g.grid_w) for g, s in zip(groups, sample)])[order]
-        first = _cat([g.first_entry + 4 * s - 2 * (s % g.grid_w) for g, s in zip(groups, sample)])[order]
+        bins = _cat([g.first_bin + s // (g.grid_h * g.grid_w) for g, s in zip(groups, sample)]).index_select(
+            0, order
+        )
+        first = _cat(
+            [g.first_entry + 4 * s - 2 * (s % g.grid_w) for g, s in zip(groups, sample)]
+        ).index_select(0, order)
         row_step = _cat([torch.full((g.samples,), 2 * g.grid_w) for g in groups]).index_select(0, order)
     bins = bins.to(plan.index.dtype)
     for corner in range(4):

@@ -3,6 +3,10 @@ against torchvision.ops.roi_align over random maps, boxes and options."""
 
 from __future__ import annotations
 
+import importlib
+import math
+from unittest.mock import patch
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -10,6 +14,9 @@ from hypothesis import strategies as st
 from torchvision.ops import roi_align as torchvision_roi_align
 
 from hardmine.ops.roi_align import pool_levels, roi_align, runs_here
+
+#: the module (the package's `roi_align` attribute is the function)
+roi_align_module = importlib.import_module("hardmine.ops.roi_align")
 
 SETTINGS = settings(max_examples=60, deadline=None)
 
@@ -161,7 +168,8 @@ def test_samples_on_the_borders_match_torchvision(aligned, sampling_ratio, dtype
 
 @st.composite
 def cases(draw: st.DrawFn) -> dict:
-    """A random map, boxes (partly outside, degenerate, tiny, some images without any) and options."""
+    """A random map, boxes (partly outside, degenerate, tiny, some images without any), options, and
+    how many RoIs the forward pools per chunk."""
     n, c = draw(st.integers(1, 3)), draw(st.integers(1, 4))
     h, w = draw(st.integers(1, 12)), draw(st.integers(1, 12))
     scale = draw(st.sampled_from([1.0, 0.5, 0.25, 0.125, 0.37, 1.7]))
@@ -184,6 +192,7 @@ def cases(draw: st.DrawFn) -> dict:
         "aligned": draw(st.booleans()),
         "as_list": draw(st.booleans()),
         "seed": draw(st.integers(0, 2**16)),
+        "rois_per_chunk": draw(st.sampled_from([1, 2, 3, None])),
     }
 
 
@@ -197,7 +206,11 @@ def check_against_torchvision(case: dict, dtype: torch.dtype, atol_values: float
         )
     args = (case["output_size"], case["spatial_scale"], case["sampling_ratio"], case["aligned"])
     ours_x, theirs_x = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ours, theirs = roi_align(ours_x, boxes, *args), torchvision_roi_align(theirs_x, boxes, *args)
+    chunk = case["rois_per_chunk"]  # None: the default, one chunk here
+    floats = roi_align_module.CHUNK_FLOATS if chunk is None else chunk * case["shape"][1] * math.prod(args[0])
+    with patch.object(roi_align_module, "CHUNK_FLOATS", floats):
+        ours = roi_align(ours_x, boxes, *args)
+    theirs = torchvision_roi_align(theirs_x, boxes, *args)
     assert ours.shape == theirs.shape
     assert torch.allclose(ours, theirs, rtol=0, atol=atol_values), (ours - theirs).abs().max()
     grad_out = torch.randn(ours.shape, generator=generator, dtype=dtype)
