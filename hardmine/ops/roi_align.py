@@ -11,8 +11,9 @@ pooling is one weighted gather-sum over the feature maps laid out channels-last:
   is row `tl` reads its four bilinear corners from rows `tl`, `tl + 1`, `tl + W + 1`, `tl + W + 2`;
 * **forward**: `F.embedding_bag(mode="sum")` with one bag per output bin holding the four corners
   of each of its samples, weighted by the bilinear weight over the bin's sample count (ATen spreads
-  the bags over the threads and vectorises over the channels). Bins are ordered (ph, pw, roi), so
-  the result becomes [K, C, PH, PW] by one 2-D transpose;
+  the bags over the threads and vectorises over the channels). RoIs are pooled in chunks of about
+  `CHUNK_FLOATS` output floats; a chunk's bins are ordered (ph, pw, roi), so one 2-D transpose,
+  from cache, puts them into the [K, C, PH, PW] result;
 * **backward**: the transpose of that sum. The samples are sorted once by their top-left row; per
   corner one `embedding_bag` then pulls, for every pixel, the weighted output gradients of the
   samples whose top-left it is, and the four results are added at their corner's offset. No
@@ -224,6 +225,10 @@ def _plan(
     widths = torch.tensor(layout.widths)[level]
     scale = torch.tensor(scales, dtype=dtype)[level]
     batch_index = rois[:, 0].to(torch.int64)  # truncates, as torchvision's int cast
+    if num_rois and not 0 <= int(batch_index.min()) <= int(batch_index.max()) < layout.batch:
+        raise ValueError(
+            f"RoI batch indices must be in [0, {layout.batch}), got {rois[:, 0].unique().tolist()}"
+        )
     base = torch.tensor(layout.starts[:-1])[level] + batch_index * (heights + 1) * (widths + 1)
 
     offset = 0.5 if aligned else 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections import OrderedDict
 
 import pytest
@@ -49,8 +50,11 @@ def pool_both(features, boxes, image_shapes, **kwargs):
     return results
 
 
+@pytest.mark.parametrize("chunk_floats", [None, 3 * 3 * 35])  # default; 3 RoIs (3 channels, 7x5) per chunk
 @pytest.mark.parametrize("sampling_ratio", [2, -1])
-def test_values_and_gradients_equal_torchvision_on_a_pyramid(sampling_ratio):
+def test_values_and_gradients_equal_torchvision_on_a_pyramid(sampling_ratio, chunk_floats, monkeypatch):
+    if chunk_floats is not None:
+        monkeypatch.setattr(importlib.import_module("hardmine.ops.roi_align"), "CHUNK_FLOATS", chunk_floats)
     features, boxes = pyramid(512), boxes_of_all_sizes(512)
     (theirs, ref, ref_grads), (ours, out, grads) = pool_both(
         features,

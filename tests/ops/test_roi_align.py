@@ -104,6 +104,11 @@ def test_no_boxes_gives_an_empty_result_and_a_zero_gradient():
     assert torch.equal(x.grad, torch.zeros_like(x))
 
 
+def test_a_batch_index_outside_the_batch_is_an_error():
+    with pytest.raises(ValueError, match=r"batch indices must be in \[0, 2\), got \[0.0, 2.0\]"):
+        roi_align(torch.zeros(2, 1, 4, 4), torch.tensor([[0.0, 0, 0, 2, 2], [2, 0, 0, 2, 2]]), 1)
+
+
 def test_runs_here_only_on_cpu_float32_and_float64_with_boxes_of_the_same_dtype():
     cpu = torch.zeros(1, 1, 2, 2)
     assert runs_here([cpu], torch.float32)
