@@ -190,10 +190,7 @@ def step_models(threads: int) -> dict[tuple[str, str], tuple[torch.nn.Module, to
             model = build_model(cfg, num_classes).train()
             if pooler == "hardmine":
                 head = model.heads["roi"]
-                theirs = head.box_roi_pool
-                head.box_roi_pool = MultiScaleRoIAlign(
-                    theirs.featmap_names, theirs.output_size, theirs.sampling_ratio
-                )
+                head.box_roi_pool = MultiScaleRoIAlign.like(head.box_roi_pool)
             models[preset, pooler] = (model, build_optimizer(model, cfg.solver))
     return models
 

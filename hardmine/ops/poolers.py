@@ -20,6 +20,20 @@ from hardmine.ops.roi_align import pool_levels, runs_here
 class MultiScaleRoIAlign(TorchvisionMultiScaleRoIAlign):
     """torchvision's `MultiScaleRoIAlign` with hardmine's RoIAlign kernel on the CPU."""
 
+    @classmethod
+    def like(cls, pooler: TorchvisionMultiScaleRoIAlign) -> MultiScaleRoIAlign:
+        """A pooler with the settings (and any set-up scales) of torchvision's `pooler`, e.g. to swap
+        it into a torchvision or pretrained detector."""
+        twin = cls(
+            pooler.featmap_names,
+            pooler.output_size,
+            pooler.sampling_ratio,
+            canonical_scale=pooler.canonical_scale,
+            canonical_level=pooler.canonical_level,
+        )
+        twin.scales, twin.map_levels = pooler.scales, pooler.map_levels
+        return twin
+
     def forward(
         self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
     ) -> Tensor:

@@ -118,6 +118,17 @@ def test_one_level_and_images_without_boxes():
     assert out.shape == ref.shape == (0, 3, 2, 2)
 
 
+def test_like_copies_a_torchvision_poolers_settings_and_state():
+    theirs = TorchvisionMultiScaleRoIAlign(NAMES, (7, 5), 3, canonical_scale=112, canonical_level=3)
+    features, boxes = pyramid(320), boxes_of_all_sizes(320)
+    expected = theirs(features, boxes, [(320, 320)] * 2)
+    ours = MultiScaleRoIAlign.like(theirs)
+    assert (ours.featmap_names, ours.output_size, ours.sampling_ratio) == (NAMES, (7, 5), 3)
+    assert (ours.canonical_scale, ours.canonical_level) == (112, 3)
+    assert ours.scales == theirs.scales and ours.map_levels is theirs.map_levels
+    assert torch.allclose(ours(features, boxes, [(320, 320)] * 2), expected, rtol=0, atol=1e-12)
+
+
 def test_other_dtypes_use_torchvisions_forward(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("hardmine's kernel must not run")
