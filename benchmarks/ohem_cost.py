@@ -18,7 +18,7 @@ before the first iteration, with glibc told to serve every allocation of 64 KiB 
 follows the live tensors rather than the heap's history.
 
     python -m benchmarks.ohem_cost [--quick] [--device cpu|cuda] [--rounds N] [--iters N]
-                                   [--batch-size 2] [KEY=VALUE ...]
+                                   [--batch-size 2] [--pooler torchvision|hardmine] [KEY=VALUE ...]
 
 KEY=VALUE overrides apply to all three models (for example ``model.backbone=resnet18_fpn
 model.min_size=[512] model.max_size=512``). Last printed line:
@@ -43,6 +43,7 @@ from hardmine.data.sources import resolve_split
 from hardmine.engine.inference import resolve_device
 from hardmine.engine.schedule import build_optimizer
 from hardmine.models.build import build_model
+from hardmine.ops import MultiScaleRoIAlign
 
 VARIANTS: dict[str, list[str]] = {
     "random": ["roi_head.sampler=random", "roi_head.sampler.fg_fraction=0.25", "roi_head.bg_iou_lo=0.0"],
@@ -74,6 +75,9 @@ def build(
     num_classes = resolve_split(cfg.data, "train").num_classes
     torch.manual_seed(0)  # the same initial weights for every variant
     model = build_model(cfg, num_classes).to(device).train()
+    if args.pooler == "hardmine":  # hardmine's RoIAlign kernel (docs/BENCHMARKS.md, "RoIAlign on the CPU")
+        head = model.heads["roi"]
+        head.box_roi_pool = MultiScaleRoIAlign.like(head.box_roi_pool)
     return model, build_optimizer(model, cfg.solver)
 
 
@@ -136,6 +140,12 @@ def main() -> None:
         "--batch-per-image", type=int, default=64, help="B, RoIs trained per image (paper: 64)"
     )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    parser.add_argument(
+        "--pooler",
+        choices=["torchvision", "hardmine"],
+        default="torchvision",
+        help="the RoI head's MultiScaleRoIAlign: as the models build it, or hardmine.ops'",
+    )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for all variants")
     args = parser.parse_args()
     if args.quick:
@@ -168,7 +178,7 @@ def main() -> None:
         )
     cfg = variant_config("random", args.batch_per_image, args.overrides)
     print(
-        f"device={device} threads={args.threads} backbone={cfg.model.backbone} "
+        f"device={device} threads={args.threads} pooler={args.pooler} backbone={cfg.model.backbone} "
         f"size={cfg.model.min_size}/{cfg.model.max_size} batch={args.batch_size} "
         f"B/img={args.batch_per_image} "
         f"proposals/img={cfg.rpn.post_nms_top_n_train} rounds={args.rounds} iters/round={args.iters}"
