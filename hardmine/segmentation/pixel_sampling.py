@@ -12,7 +12,9 @@ mask over the batch. Two forms of pixel OHEM:
   threshold rises to the (min_kept x N)-th smallest probability. mmsegmentation's values are for
   its 512x1024 Cityscapes crops (100000 is 19 % of a crop); scale `min_kept` with the crop area.
 * `OhemTopK` (DeepLab's `top_k_percent_pixels`, detectron2's `DeepLabCE`; 0.2 in detectron2's
-  DeepLab and Panoptic-DeepLab configs): the `fraction` of pixels with the highest loss.
+  DeepLab head with its `hard_pixel_mining` loss): the `fraction` of pixels with the highest loss.
+  TensorFlow DeepLab's flag defaults to 1.0 (no mining) and can ramp the fraction down over
+  `hard_example_mining_step` steps; that ramp is not here.
 
 Both rank over the whole batch as their sources do, and break ties by pixel position (the first
 pixels in [N, H, W] order first), so they keep exactly the stated number of pixels: `OhemThreshold`
@@ -95,7 +97,8 @@ def ohem_topk(
     valid = target != ignore_index
     num_valid = int(valid.sum())
     wanted = max(1, math.floor(round(fraction * num_valid, 6))) if num_valid else 0
-    return lowest(torch.where(valid, -loss.float(), math.inf), wanted) & valid
+    loss = loss.to(torch.promote_types(loss.dtype, torch.float32))
+    return lowest(torch.where(valid, -loss, math.inf), wanted) & valid
 
 
 class PixelSampler(ABC):
