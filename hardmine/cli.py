@@ -204,7 +204,9 @@ DATA_CHECK_EPILOG = """\
 Checks the annotation file(s) (malformed JSON/XML, missing fields, duplicate or unknown ids, boxes
 that are degenerate, non-finite or outside the image, empty datasets), the image files (missing,
 unreadable, corrupt, another size than annotated) and, with --val, that both sets have the same
-categories. Every problem is listed with its file and record, errors before warnings.
+categories. With --masks also the semantic masks: COCO segmentations (malformed polygons or RLE),
+mask PNGs (VOC SegmentationClass/, COCO sem_seg_file_name: missing, another size than the image,
+values neither a label nor 255). Every problem is listed with its file and record, errors first.
 Exit status: 0 without errors (warnings allowed), 1 with errors. Training runs the same check first
 (data.on_invalid=stop|skip, data.check_images=none|header|decode); see docs/fault-handling.md.
 
@@ -212,6 +214,7 @@ examples:
   hardmine data check coco/annotations/train.json --image-root coco/train2017
   hardmine data check coco/train.json --val coco/val.json --images header
   hardmine data check VOCdevkit/VOC2007 --split trainval --val VOCdevkit/VOC2007 --val-split test
+  hardmine data check VOCdevkit/VOC2012 --split train --masks
 """
 
 
@@ -221,7 +224,12 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     if args.workers < 0:
         raise HardmineError(f"--workers must be >= 0, got {args.workers}")
     names = [n.strip() for n in args.class_names.split(",") if n.strip()] if args.class_names else None
-    options = {"image_root": args.image_root, "class_names": names, "images": args.images}
+    options = {
+        "image_root": args.image_root,
+        "class_names": names,
+        "images": args.images,
+        "masks": args.masks,
+    }
     checks = [check_dataset(args.path, split=args.split, workers=args.workers, **options)]
     if args.val:
         checks.append(check_dataset(args.val, split=args.val_split, workers=args.workers, **options))
@@ -480,6 +488,11 @@ def _data_check_args(p: argparse.ArgumentParser) -> None:
         default="decode",
         help="check image files not at all, by header (fast: exists, readable, size), or by decoding "
         "every pixel (default; also finds truncated and corrupt files)",
+    )
+    p.add_argument(
+        "--masks",
+        action="store_true",
+        help="also check the semantic masks (segmentation data; detection training does not use them)",
     )
     p.add_argument(
         "--workers", type=int, default=0, metavar="N", help="image-reading threads (default: CPUs, at most 8)"

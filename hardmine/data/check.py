@@ -8,6 +8,12 @@ and adds what needs the image files (missing, unreadable or corrupt images, size
 the annotations) and warnings about data that is usable but suspicious. `check_pair` compares a
 training and a validation set; `without_invalid` applies the skip policy.
 
+With `masks=True` the semantic masks are checked too: the readers check COCO segmentations
+(malformed polygons or RLE), and the label PNGs are read here (missing, unreadable, not
+single-channel, another size than the image, values neither a label nor 255). A mask problem is an
+error of its image: skipping drops the image. Detection training does not read masks and does not
+check them.
+
 Errors make a record (or the whole dataset) unusable; warnings never stop anything.
 """
 
@@ -24,6 +30,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from hardmine.data.loading import load_dataset
+from hardmine.data.masks import inspect_mask_file
 from hardmine.data.problems import (
     ANNOTATION,
     DATASET,
@@ -34,7 +41,7 @@ from hardmine.data.problems import (
     ProblemLog,
     SplitsProblems,
 )
-from hardmine.data.records import DatasetIndex
+from hardmine.data.records import DatasetIndex, MaskFile
 from hardmine.errors import DataError
 
 #: How image files are checked: not at all, by reading the header (size, format; fast), or by
@@ -68,9 +75,11 @@ class DatasetCheck(SplitsProblems):
         boxes = sum(len(r.boxes) for r in records)
         ignore = sum(len(r.ignore_boxes) for r in records)
         kind = "COCO" if self.path.suffix.lower() == ".json" else "VOC"
+        with_mask = sum(1 for r in records if r.mask is not None)
         return (
             f"{kind}, {len(records)} images, {boxes} boxes, {ignore} ignore regions, "
             f"{len(self.index.categories)} categories"
+            + (f", {with_mask} semantic masks" if with_mask else "")
         )
 
 
@@ -97,20 +106,26 @@ def check_dataset(
     class_names: Sequence[str] | None = None,
     images: str = "header",
     workers: int | None = None,
+    masks: bool = False,
 ) -> DatasetCheck:
     """Every problem of the dataset at `path` (a COCO .json or a VOC root; the options as in
     `load_dataset`), image files checked as `images` says (`IMAGE_CHECKS`) with up to `workers`
-    threads (default: one per CPU, at most 8)."""
+    threads (default: one per CPU, at most 8). With `masks`, the semantic masks too (label PNGs
+    are always decoded, unless `images` is "none": their values must be read to be checked)."""
     if images not in IMAGE_CHECKS:
         raise ValueError(f"images must be one of {IMAGE_CHECKS}, got {images!r}")
     path = Path(path)
     log = ProblemLog(str(path))
     try:
-        index = load_dataset(path, image_root=image_root, split=split, class_names=class_names, log=log)
+        index = load_dataset(
+            path, image_root=image_root, split=split, class_names=class_names, log=log, masks=masks
+        )
     except DataError as exc:  # not readable as a dataset at all: one problem, nothing else to check
         return DatasetCheck(path, None, [*log.problems, Problem(str(exc), kind="file")])
     if images != "none":
         check_image_files(index, log, decode=images == "decode", workers=workers)
+        if masks:
+            check_mask_files(index, log, workers=workers)
     _index_warnings(index, log)
     return DatasetCheck(path, index, log.problems)
 
@@ -135,6 +150,29 @@ def check_image_files(index: DatasetIndex, log: ProblemLog, decode: bool, worker
                 kind=kind,
                 image_id=record.image_id,
                 severity=severity,
+            )
+
+
+def check_mask_files(index: DatasetIndex, log: ProblemLog, workers: int | None = None) -> None:
+    """Log each record's label PNG that is missing, unreadable, not single-channel, of another size
+    than its image or with values that are neither a label (0..C) nor 255 (errors of the image)."""
+    records = [r for r in index.records if isinstance(r.mask, MaskFile)]
+    jobs = [(index.image_root / r.mask.file_name, r.width, r.height, index.num_classes) for r in records]
+    workers = workers or min(8, os.cpu_count() or 1)
+    if workers > 1 and len(jobs) >= _PARALLEL_FROM:
+        with ThreadPoolExecutor(workers) as pool:
+            findings = list(pool.map(lambda job: inspect_mask_file(*job)[1], jobs))
+    else:
+        findings = [inspect_mask_file(*job)[1] for job in jobs]
+    for record, (path, *_), found in zip(records, jobs, findings):
+        for kind, message in found:
+            log.add(
+                message,
+                file=str(path),
+                record=f"image id {record.image_id} ({record.file_name})",
+                scope=IMAGE,
+                kind=kind,
+                image_id=record.image_id,
             )
 
 

@@ -3,7 +3,9 @@
 The reader checks the whole file and raises one `DataError` listing every problem it found (up to
 `MAX_LISTED`), so a user fixes a broken export in one round instead of one error per run; given a
 `ProblemLog` it reports into that instead and returns what is valid (`hardmine.data.check`).
-The box checks are shared with the VOC reader.
+The box checks are shared with the VOC reader. With `masks=True` it also reads where each image's
+semantic mask comes from: an image's `sem_seg_file_name` (a label PNG), else its annotations'
+`segmentation` (polygons or RLE), checked here and decoded later by `hardmine.data.masks`.
 """
 
 from __future__ import annotations
@@ -16,15 +18,19 @@ from typing import Any
 
 import numpy as np
 
+from hardmine.data.masks import IGNORE_LABEL, encode_segment, has_shape, parse_segment
 from hardmine.data.problems import ANNOTATION, IMAGE, ProblemLog
 from hardmine.data.problems import MAX_LISTED as MAX_LISTED
-from hardmine.data.records import Category, DatasetIndex, ImageRecord
+from hardmine.data.records import Category, DatasetIndex, ImageRecord, MaskFile, Segment, Segments
 from hardmine.errors import DataError
 
 #: A box may extend this many pixels past the image border; it is clipped. Further out is an error.
 BOX_TOLERANCE = 1.0
 
 REQUIRED_KEYS = ("images", "annotations", "categories")
+#: Image field (a hardmine extension, detectron2's name) naming the image's label PNG, relative to
+#: the image root; read with `masks=True`.
+MASK_FILE_KEY = "sem_seg_file_name"
 
 
 def check_box(
@@ -104,8 +110,9 @@ def _parse_categories(raw: Any, log: ProblemLog) -> list[Category]:
     return [Category(id=cid, name=name, label=i + 1) for i, (cid, name) in enumerate(valid)]
 
 
-def _parse_images(raw: Any, log: ProblemLog) -> dict[int, ImageRecord]:
-    """Image records by id, in file order; annotations are attached later."""
+def _parse_images(raw: Any, log: ProblemLog, masks: bool) -> dict[int, ImageRecord]:
+    """Image records by id, in file order (with their mask file, if `masks` and they name one);
+    annotations are attached later."""
     if not isinstance(raw, list):
         log.add("'images' must be a list", kind="malformed-file")
         return {}
@@ -153,8 +160,19 @@ def _parse_images(raw: Any, log: ProblemLog) -> dict[int, ImageRecord]:
                     **where,
                 )
                 size_ok = False
+        mask_file = img.get(MASK_FILE_KEY) if masks else None
+        if mask_file is not None and (not isinstance(mask_file, str) or not mask_file):
+            log.add(
+                f"'{MASK_FILE_KEY}' must be a file name, got {mask_file!r}",
+                scope=IMAGE,
+                kind="mask-file",
+                **where,
+            )
+            continue
         if size_ok:
-            records[iid] = ImageRecord(iid, file_name, int(img["width"]), int(img["height"]))
+            record = ImageRecord(iid, file_name, int(img["width"]), int(img["height"]))
+            record.mask = MaskFile(mask_file) if mask_file else None
+            records[iid] = record
     return records
 
 
@@ -165,14 +183,18 @@ def _parse_annotations(
     cat_to_label: dict[int, int],
     category_ids: set[int],
     log: ProblemLog,
+    masks: bool,
 ) -> None:
-    """Validate the annotations and fill each record's boxes, labels and ignore regions."""
+    """Validate the annotations and fill each record's boxes, labels and ignore regions; with
+    `masks`, each record without a mask file gets its annotations' segments, in file order."""
     if not isinstance(raw, list):
         log.add("'annotations' must be a list", kind="malformed-file")
         return
     # per image: [boxes, labels, ids] for objects and for crowd (ignore) regions
     objects: dict[int, tuple[list, list, list]] = {iid: ([], [], []) for iid in records}
     crowds: dict[int, tuple[list, list, list]] = {iid: ([], [], []) for iid in records}
+    segments: dict[int, list[Segment]] = {iid: [] for iid in records}
+    without_shape: list[int] = []  # ids of annotations with no segmentation
     seen: dict[int, int] = {}
     for pos, ann in enumerate(raw):
         if not isinstance(ann, dict) or not _is_int(ann.get("id")):
@@ -229,7 +251,24 @@ def _parse_annotations(
         target[0].append(box)
         target[1].append(label)
         target[2].append(aid)
+        if masks and record.mask is None:
+            try:
+                segment = parse_segment(ann, label, bool(crowd), box, record.width, record.height)
+            except ValueError as exc:
+                log.add(f"segmentation: {exc}", kind="segmentation", **{**at, "scope": IMAGE})
+                continue
+            segments[iid].append(segment)
+            if not has_shape(segment):
+                without_shape.append(aid)
+    if without_shape:
+        log.warn(
+            f"{len(without_shape)} annotation(s) have no segmentation (first: annotation id "
+            f"{without_shape[0]}); their boxes are ignore ({IGNORE_LABEL}) in the semantic masks",
+            kind="no-segmentation",
+        )
     for iid, record in records.items():
+        if masks and record.mask is None:
+            record.mask = Segments(tuple(segments[iid]))
         boxes, labels, ids = objects[iid]
         crowd_boxes, crowd_labels, crowd_ids = crowds[iid]
         record.boxes = stack_boxes(boxes)
@@ -239,7 +278,9 @@ def _parse_annotations(
         record.annotation_ids = np.array(ids + crowd_ids, np.int64)
 
 
-def load_coco(ann_file: Path, image_root: Path | None = None, log: ProblemLog | None = None) -> DatasetIndex:
+def load_coco(
+    ann_file: Path, image_root: Path | None = None, log: ProblemLog | None = None, masks: bool = False
+) -> DatasetIndex:
     """Read a COCO detection file into a validated `DatasetIndex`.
 
     Categories sorted by id get labels 1..C. Images without annotations are kept (pure negatives).
@@ -247,6 +288,12 @@ def load_coco(ann_file: Path, image_root: Path | None = None, log: ProblemLog | 
     image are clipped. `annotation_ids` holds the ids of the boxes followed by those of the ignore
     regions, so `write_coco` can write the same ids back. `image_root` (default: the annotation
     file's folder) is the folder that each image's `file_name` is relative to.
+
+    With `masks`, each record's `mask` says where its semantic mask comes from: the image's
+    `sem_seg_file_name` (a label PNG under the image root), else its annotations' `segmentation`s
+    (polygons or RLE, checked here: a malformed one is an error of its image), painted in file
+    order; an annotation without a segmentation is painted as ignore over its box (one warning
+    counts them). Without `masks`, segmentations are not looked at.
 
     Every problem raises one DataError at the end; with a `log`, problems go there instead and the
     index holds what is valid (invalid image records and annotations left out). A file that cannot
@@ -265,13 +312,13 @@ def load_coco(ann_file: Path, image_root: Path | None = None, log: ProblemLog | 
             f"{', '.join(REQUIRED_KEYS)})"
         )
     categories = _parse_categories(data["categories"], log)
-    records = _parse_images(data["images"], log)
+    records = _parse_images(data["images"], log, masks)
     raw_images = data["images"] if isinstance(data["images"], list) else []
     image_ids = {img["id"] for img in raw_images if isinstance(img, dict) and _is_int(img.get("id"))}
     raw_cats = data["categories"] if isinstance(data["categories"], list) else []
     category_ids = {c["id"] for c in raw_cats if isinstance(c, dict) and _is_int(c.get("id"))}
     cat_to_label = {c.id: c.label for c in categories}
-    _parse_annotations(data["annotations"], records, image_ids, cat_to_label, category_ids, log)
+    _parse_annotations(data["annotations"], records, image_ids, cat_to_label, category_ids, log, masks)
     if strict:
         log.raise_if_any()
     return DatasetIndex(
@@ -302,11 +349,13 @@ def _checked_annotation_ids(index: DatasetIndex) -> Iterable[np.ndarray]:
             )
 
 
-def _coco_annotation(ann_id: int, image_id: int, category_id: int, box: np.ndarray, crowd: int) -> dict:
+def _coco_annotation(
+    ann_id: int, image_id: int, category_id: int, box: np.ndarray, crowd: int, segment: Segment | None
+) -> dict:
     # float64 arithmetic on float32 corners is exact, so x + w reads back as the same float32 x2
     x1, y1, x2, y2 = (float(v) for v in box)
     w, h = x2 - x1, y2 - y1
-    return {
+    ann = {
         "id": int(ann_id),
         "image_id": int(image_id),
         "category_id": int(category_id),
@@ -314,28 +363,41 @@ def _coco_annotation(ann_id: int, image_id: int, category_id: int, box: np.ndarr
         "area": w * h,
         "iscrowd": crowd,
     }
+    segmentation = encode_segment(segment) if segment is not None else None
+    if segmentation is not None:
+        ann["segmentation"] = segmentation
+    return ann
 
 
 def write_coco(index: DatasetIndex, path: Path) -> None:
     """Write `index` as a COCO JSON file that `load_coco` reads back to the same ids, boxes and labels.
 
     Ignore regions are written as `iscrowd=1` annotations; categories keep their original ids.
+    Masks go along: a record's mask file as `sem_seg_file_name`, its segments as the `segmentation`
+    of the annotations with their ids.
     """
     label_to_id = index.label_to_category_id()
     images, annotations = [], []
     for record, ann_ids in zip(index.records, _checked_annotation_ids(index)):
-        images.append(
-            {
-                "id": int(record.image_id),
-                "file_name": record.file_name,
-                "width": int(record.width),
-                "height": int(record.height),
-            }
+        image = {
+            "id": int(record.image_id),
+            "file_name": record.file_name,
+            "width": int(record.width),
+            "height": int(record.height),
+        }
+        if isinstance(record.mask, MaskFile):
+            image[MASK_FILE_KEY] = record.mask.file_name
+        images.append(image)
+        shapes = (
+            {s.annotation_id: s for s in record.mask.segments} if isinstance(record.mask, Segments) else {}
         )
         pairs = [(b, lab, 0) for b, lab in zip(record.boxes, record.labels)]
         pairs += [(b, lab, 1) for b, lab in zip(record.ignore_boxes, record.ignore_labels)]
         for ann_id, (box, label, crowd) in zip(ann_ids, pairs):
-            annotations.append(_coco_annotation(ann_id, record.image_id, label_to_id[int(label)], box, crowd))
+            segment = shapes.get(int(ann_id))
+            annotations.append(
+                _coco_annotation(ann_id, record.image_id, label_to_id[int(label)], box, crowd, segment)
+            )
     categories = [{"id": c.id, "name": c.name} for c in sorted(index.categories, key=lambda c: c.id)]
     data = {
         "info": {"description": "written by hardmine"},

@@ -23,6 +23,7 @@ def load_dataset(
     split: str | None = None,
     class_names: Sequence[str] | None = None,
     log: ProblemLog | None = None,
+    masks: bool = False,
 ) -> DatasetIndex:
     """Read a dataset from `path`, choosing the format from what the path is.
 
@@ -30,14 +31,16 @@ def load_dataset(
     and ignored). A directory with an `Annotations/` folder is read as VOC with `split` (default
     "trainval") and `class_names` (default: the 20 VOC classes); its images live under the directory.
     With a `log` the reader reports problems there and returns what is valid (see `load_coco`).
+    With `masks` each record also says where its semantic mask comes from (`load_coco`,
+    `load_voc`; read by `hardmine.data.masks.load_mask`).
     """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: dataset path does not exist")
     if path.is_file() and path.suffix.lower() == ".json":
-        return load_coco(path, Path(image_root) if image_root is not None else None, log=log)
+        return load_coco(path, Path(image_root) if image_root is not None else None, log=log, masks=masks)
     if path.is_dir() and (path / "Annotations").is_dir():
-        return load_voc(path, split or DEFAULT_VOC_SPLIT, class_names, log=log)
+        return load_voc(path, split or DEFAULT_VOC_SPLIT, class_names, log=log, masks=masks)
     raise DataError(
         f"{path}: not a dataset; expected a COCO annotation file (*.json) or a VOC root directory "
         "containing Annotations/, ImageSets/Main/ and JPEGImages/"

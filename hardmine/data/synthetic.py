@@ -7,7 +7,10 @@ blobs in any colour. Backgrounds are colour-jittered crops of the photographs th
 scikit-image. Visibility rule (an object can be covered by items drawn after it or cut by the
 border): at least 50% of its pixels visible -> annotated; 20-50% -> ignore region (COCO
 `iscrowd=1`); under 20% -> not annotated (it is clutter). Boxes are tight around the visible
-pixels (alpha > 0.5). docs/data-formats.md lists the full rule set.
+pixels (alpha > 0.5). Each image also gets an exact semantic mask, `masks/<split>_<index>.png`
+(named by the image's `sem_seg_file_name`): the label on the visible pixels of annotated objects,
+255 (ignore) on those of ignore-region objects, 0 elsewhere. docs/data-formats.md lists the full
+rule set.
 
 Each image draws from its own generator seeded by (seed, split, index), so the same seed gives
 byte-identical files whatever the number of worker processes.
@@ -28,11 +31,12 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from hardmine.data.coco import write_coco
-from hardmine.data.records import Category, DatasetIndex, ImageRecord
+from hardmine.data.masks import IGNORE_LABEL, label_palette, write_mask_png
+from hardmine.data.records import Category, DatasetIndex, ImageRecord, MaskFile
 
 #: Class names; class k (label k + 1) is shape CLASS_SHAPES[k] in hue CLASS_HUES[k] (degrees).
 #: Bump when the generator's output changes, so cached copies of the built-in dataset are rebuilt.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: semantic masks (images and boxes as in 1)
 
 SYNTH_CLASSES: tuple[str, ...] = (
     "red_circle",
@@ -371,8 +375,12 @@ def _visible_box(item: _Item, owner: np.ndarray, item_id: int) -> tuple[np.ndarr
     return np.array([xs.min() + x0, ys.min() + y0, xs.max() + x0 + 1, ys.max() + y0 + 1], np.float32), visible
 
 
-def _render_image(rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[np.ndarray, int, bool]]]:
-    """One synthetic image (uint8 [H, W, 3]) and its annotations as (xyxy box, label, is_ignore)."""
+def _render_image(
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, list[tuple[np.ndarray, int, bool]], np.ndarray]:
+    """One synthetic image (uint8 [H, W, 3]), its annotations as (xyxy box, label, is_ignore) and
+    its semantic mask (uint8 [H, W]: label / IGNORE_LABEL on the visible pixels of annotated /
+    ignore-region objects, 0 elsewhere)."""
     width, height = (int(v) for v in rng.integers(IMAGE_SIDE[0], IMAGE_SIDE[1] + 1, 2))
     canvas = _background(rng, width, height)
     empty = rng.random() < EMPTY_IMAGE_PROB
@@ -397,19 +405,32 @@ def _render_image(rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[np.n
     canvas += _noise(rng, height, width) * np.float32(rng.uniform(0.01, 0.04))  # sensor noise
     image = (np.clip(canvas, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     annotations = []
+    mask_value = np.zeros(len(drawn) + 1, np.uint8)  # per item id + 1 (0: no item on top)
     for item_id, item in enumerate(drawn):
         if item.label:
             box, visible = _visible_box(item, owner, item_id)
             if box is not None and visible >= IGNORE_MIN_VISIBLE:
-                annotations.append((box, item.label, visible < ANNOTATE_MIN_VISIBLE))
-    return image, annotations
+                ignore = visible < ANNOTATE_MIN_VISIBLE
+                annotations.append((box, item.label, ignore))
+                mask_value[item_id + 1] = IGNORE_LABEL if ignore else item.label
+    return image, annotations, mask_value[owner + 1]
+
+
+@cache
+def _mask_palette() -> list[int]:
+    """Each label in its class's pure hue, so a mask PNG can be looked at."""
+    colours = [tuple(int(255 * v + 0.5) for v in _hsv(hue, 1.0, 1.0)) for hue in CLASS_HUES]
+    return label_palette(colours)
 
 
 def _render_file(out_dir: Path, seed: int, split: str, index: int) -> ImageRecord:
-    """Render image `index` of `split`, write its PNG and return its record (image id = index)."""
-    image, annotations = _render_image(np.random.default_rng([seed, SPLITS.index(split), index]))
+    """Render image `index` of `split`, write its PNG and its mask PNG and return its record (image
+    id = index)."""
+    image, annotations, mask = _render_image(np.random.default_rng([seed, SPLITS.index(split), index]))
     file_name = f"images/{split}_{index:06d}.png"
     Image.fromarray(image).save(out_dir / file_name, format="PNG", compress_level=1)
+    mask_name = f"masks/{split}_{index:06d}.png"
+    write_mask_png(out_dir / mask_name, mask, _mask_palette())
     objects = [(box, label) for box, label, ignore in annotations if not ignore]
     ignored = [(box, label) for box, label, ignore in annotations if ignore]
     return ImageRecord(
@@ -421,13 +442,15 @@ def _render_file(out_dir: Path, seed: int, split: str, index: int) -> ImageRecor
         labels=np.array([lab for _, lab in objects], np.int64),
         ignore_boxes=np.array([b for b, _ in ignored], np.float32).reshape(-1, 4),
         ignore_labels=np.array([lab for _, lab in ignored], np.int64),
+        mask=MaskFile(mask_name),
     )
 
 
 def generate_synthetic(
     out_dir: Path, seed: int = 0, num_train: int = 200, num_val: int = 50, workers: int | None = None
 ) -> tuple[Path, Path]:
-    """Write the synthetic dataset: out_dir/train.json, out_dir/val.json and out_dir/images/*.png.
+    """Write the synthetic dataset: out_dir/train.json, out_dir/val.json, out_dir/images/*.png and
+    their semantic masks out_dir/masks/*.png.
 
     Image i of a split depends only on (seed, split, i): the files are the same whatever `workers`
     is, and a larger `num_train` keeps the first images. `workers` processes render in parallel
@@ -437,6 +460,7 @@ def generate_synthetic(
         raise ValueError(f"need at least one train and one val image, got {num_train} and {num_val}")
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    (out_dir / "masks").mkdir(exist_ok=True)
     counts = {"train": num_train, "val": num_val}
     jobs = [(out_dir, seed, split, i) for split in SPLITS for i in range(counts[split])]
     if workers is None:

@@ -1,7 +1,9 @@
 """Read Pascal VOC style datasets (the VOCdevkit layout) into a validated `DatasetIndex`.
 
 Layout under `root`: `Annotations/<id>.xml`, `JPEGImages/<file>` (named by the XML's `<filename>`),
-`ImageSets/Main/<split>.txt` (one image id per line).
+`ImageSets/Main/<split>.txt` (one image id per line). Read with masks, also
+`SegmentationClass/<id>.png` (palette PNGs: the palette index is the label, 255 the border to
+ignore) and, when it exists, the split list `ImageSets/Segmentation/<split>.txt`.
 
 VOC corners are 1-based and inclusive: a box covering the first pixel column is xmin=1, xmax=1.
 hardmine boxes are 0-based with an exclusive far edge, so (xmin, ymin, xmax, ymax) becomes
@@ -19,7 +21,7 @@ import numpy as np
 
 from hardmine.data.coco import check_box, stack_boxes
 from hardmine.data.problems import ANNOTATION, IMAGE, ProblemLog
-from hardmine.data.records import Category, DatasetIndex, ImageRecord
+from hardmine.data.records import Category, DatasetIndex, ImageRecord, MaskFile
 from hardmine.errors import DataError
 
 VOC_CLASSES: tuple[str, ...] = (
@@ -46,8 +48,15 @@ VOC_CLASSES: tuple[str, ...] = (
 )
 
 
-def _read_split(root: Path, split: str) -> tuple[Path, list[str]]:
+#: Folder of the semantic masks, one `<id>.png` per image.
+MASK_FOLDER = "SegmentationClass"
+
+
+def _read_split(root: Path, split: str, masks: bool = False) -> tuple[Path, list[str]]:
     split_file = root / "ImageSets" / "Main" / f"{split}.txt"
+    segmentation_split = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+    if masks and segmentation_split.is_file():
+        split_file = segmentation_split
     if not split_file.is_file():
         found = sorted(p.stem for p in split_file.parent.glob("*.txt")) if split_file.parent.is_dir() else []
         hint = f"; splits found: {', '.join(found)}" if found else ""
@@ -168,6 +177,7 @@ def load_voc(
     split: str = "trainval",
     class_names: Sequence[str] | None = None,
     log: ProblemLog | None = None,
+    masks: bool = False,
 ) -> DatasetIndex:
     """Read the images listed in `ImageSets/Main/<split>.txt` under a VOCdevkit-style `root`.
 
@@ -176,6 +186,11 @@ def load_voc(
     file names are relative to `root`. Images without objects are kept. Annotation ids are numbered
     1, 2, ... over the split (objects, then ignore regions, per image) so the index can be written
     as COCO.
+
+    With `masks`, the split list is `ImageSets/Segmentation/<split>.txt` when that file exists
+    (VOC's list of the images that have masks), else the Main one, and each image's `mask` is its
+    `SegmentationClass/<id>.png`: palette index k is label k (class_names[k - 1]; 0 background,
+    255 ignore). Images without that file have no mask (one warning counts them).
 
     Every problem raises one DataError at the end; with a `log`, problems go there instead and the
     index holds the images whose XML is valid, without their invalid objects. A missing or empty
@@ -186,14 +201,28 @@ def load_voc(
     if not names or len(set(names)) != len(names):
         raise DataError(f"{root}: class names must be a non-empty list without duplicates, got {list(names)}")
     name_to_label = {name: i + 1 for i, name in enumerate(names)}
-    split_file, ids = _read_split(root, split)
+    split_file, ids = _read_split(root, split, masks)
     strict = log is None
     log = ProblemLog(str(split_file)) if log is None else log
     records = []
+    without_mask: list[str] = []
     for image_id, stem in enumerate(ids):
         record = _parse_xml(root / "Annotations" / f"{stem}.xml", image_id, name_to_label, log)
-        if record is not None:
-            records.append(record)
+        if record is None:
+            continue
+        records.append(record)
+        if masks:
+            mask_file = f"{MASK_FOLDER}/{stem}.png"
+            if (root / mask_file).is_file():
+                record.mask = MaskFile(mask_file)
+            else:
+                without_mask.append(stem)
+    if without_mask:
+        log.warn(
+            f"{len(without_mask)} of {len(ids)} images have no {MASK_FOLDER}/<id>.png (first: "
+            f"{without_mask[0]}); they have no semantic mask",
+            kind="no-mask",
+        )
     if strict:
         log.raise_if_any()
     next_id = 1

@@ -24,6 +24,7 @@ from hardmine.data.check import (
     format_report,
     without_invalid,
 )
+from hardmine.data.masks import write_mask_png
 from hardmine.data.problems import DATASET, ERROR, IMAGE, WARNING, Problem
 from hardmine.data.sources import load_checked_splits
 from hardmine.errors import DataError
@@ -74,14 +75,23 @@ def coco(mutate: Callable[[dict[str, Any], Path], None] | None = None, raw: str 
     return build
 
 
-def voc(files: dict[str, str], split: list[str], split_name: str = "trainval") -> Build:
-    """A builder: a VOC root with these XML files and split, a 32x24 JPEG for every listed id."""
+def voc(
+    files: dict[str, str],
+    split: list[str],
+    split_name: str = "trainval",
+    masks: dict[str, np.ndarray] | None = None,
+) -> Build:
+    """A builder: a VOC root with these XML files and split, a 32x24 JPEG for every listed id, and
+    `SegmentationClass/<id>.png` for each of `masks`."""
 
     def build(root: Path) -> dict[str, Any]:
         voc_root = make_voc(root / "VOC", files, split, split_name)
         for stem in split:
             (voc_root / "JPEGImages").mkdir(exist_ok=True)
             Image.new("RGB", (W, H), (90, 120, 200)).save(voc_root / "JPEGImages" / f"{stem}.jpg")
+        for stem, mask in (masks or {}).items():
+            (voc_root / "SegmentationClass").mkdir(exist_ok=True)
+            write_mask_png(voc_root / "SegmentationClass" / f"{stem}.png", mask)
         return {"path": voc_root, "class_names": ["cat", "dog"]}
 
     return build
@@ -118,6 +128,34 @@ def _rotated_jpeg(path: Path) -> bytes:
 def _rename_file(data: dict, root: Path) -> None:
     data["images"][0]["file_name"] = "img/rotated.jpg"
     (root / "img" / "rotated.jpg").write_bytes(_rotated_jpeg(root / "img" / "rotated.jpg"))
+
+
+def _segmentation(value: Any, pos: int = 0) -> Callable[[dict, Path], None]:
+    return lambda data, root: data["annotations"][pos].update(segmentation=value)
+
+
+def _mask_file(mask: np.ndarray | None, mode: str = "P") -> Callable[[dict, Path], None]:
+    """Image 1's `sem_seg_file_name` is masks/1.png: `mask` written there (none: no file), as a
+    label PNG or, with mode RGB, as a colour image."""
+
+    def mutate(data: dict, root: Path) -> None:
+        data["images"][0]["sem_seg_file_name"] = "masks/1.png"
+        if mask is None:
+            return
+        (root / "masks").mkdir(exist_ok=True)
+        if mode == "RGB":
+            Image.fromarray(np.stack([mask] * 3, axis=-1)).save(root / "masks" / "1.png")
+        else:
+            write_mask_png(root / "masks" / "1.png", mask)
+
+    return mutate
+
+
+def _labels(*values: int, width: int = W) -> np.ndarray:
+    """A 32x24 (or `width`x24) mask with `values` in its first pixels, 0 elsewhere."""
+    mask = np.zeros((H, width), np.uint8)
+    mask.ravel()[: len(values)] = values
+    return mask
 
 
 def _no_boxes(data: dict, root: Path) -> None:
@@ -298,6 +336,134 @@ CORPUS: dict[str, tuple[Build, dict[str, Any], list[tuple[str, str, str, str]]]]
         {},
         [(ERROR, "file", "", "split file not found; splits found: val")],
     ),
+    # semantic masks (checked with masks=True)
+    "mask of another size": (
+        coco(_mask_file(_labels(1, width=W + 2))),
+        {"masks": True},
+        [(ERROR, "mask-size", "masks/1.png", "mask is 34x24 but the image is 32x24")],
+    ),
+    "mask values out of range": (
+        coco(_mask_file(_labels(1, 2, 3, 255, 200))),
+        {"masks": True},
+        [
+            (
+                ERROR,
+                "mask-values",
+                "image id 1 (img/1.png)",
+                "mask values 3, 200 are neither a label 0..2 nor 255",
+            )
+        ],
+    ),
+    "mask file missing": (
+        coco(_mask_file(None)),
+        {"masks": True},
+        [(ERROR, "mask-missing", "masks/1.png", "mask file not found")],
+    ),
+    "mask in colour": (
+        coco(_mask_file(_labels(1), mode="RGB")),
+        {"masks": True},
+        [(ERROR, "mask-format", "masks/1.png", "mask mode is RGB; a label mask is a single-channel PNG")],
+    ),
+    "polygon with an odd number of coordinates": (
+        coco(_segmentation([[1, 2, 11, 2, 11, 10, 1]])),
+        {"masks": True},
+        [
+            (
+                ERROR,
+                "segmentation",
+                "annotation id 10 (image id 1)",
+                "polygon 0 has 7 coordinates, an odd number",
+            )
+        ],
+    ),
+    "polygon of two points": (
+        coco(_segmentation([[1, 2, 11, 2, 11, 10], [1, 2, 11, 10]])),
+        {"masks": True},
+        [(ERROR, "segmentation", "annotation id 10", "polygon 1 has 2 point(s); a polygon needs at least 3")],
+    ),
+    "polygon with a non-number": (
+        coco(_segmentation([[1, 2, "11", 2, 11, 10]])),
+        {"masks": True},
+        [
+            (
+                ERROR,
+                "segmentation",
+                "annotation id 10",
+                "polygon 0 has a coordinate that is not a finite number: '11'",
+            )
+        ],
+    ),
+    "polygon not nested": (
+        coco(_segmentation([1, 2, 11, 2, 11, 10])),
+        {"masks": True},
+        [(ERROR, "segmentation", "annotation id 10", "polygons must be a non-empty list of lists")],
+    ),
+    "rle counts short of the image": (
+        coco(_segmentation({"size": [H, W], "counts": [5, 5]}, pos=1)),
+        {"masks": True},
+        [(ERROR, "segmentation", "annotation id 11", "RLE counts cover 10 pixels, the 32x24 image has 768")],
+    ),
+    "rle negative count": (
+        coco(_segmentation({"size": [H, W], "counts": [770, -2]}, pos=1)),
+        {"masks": True},
+        [(ERROR, "segmentation", "annotation id 11", "RLE counts must be non-negative integers, got -2")],
+    ),
+    "rle of another size": (
+        coco(_segmentation({"size": [20, W], "counts": [640]}, pos=2)),
+        {"masks": True},
+        [
+            (
+                ERROR,
+                "segmentation",
+                "annotation id 12",
+                "RLE size [h, w] = [20, 32] differs from the image's [24, 32]",
+            )
+        ],
+    ),
+    "rle malformed string": (
+        coco(_segmentation({"size": [H, W], "counts": "zzzz"}, pos=3)),
+        {"masks": True},
+        [(ERROR, "segmentation", "annotation id 13 (image id 3)", "malformed RLE counts")],
+    ),
+    "segmentation of another type": (
+        coco(_segmentation(5)),
+        {"masks": True},
+        [
+            (
+                ERROR,
+                "segmentation",
+                "annotation id 10",
+                "'segmentation' must be polygons (a list of lists) or RLE",
+            )
+        ],
+    ),
+    "annotations without segmentation": (
+        coco(),
+        {"masks": True},
+        [(WARNING, "no-segmentation", "", "4 annotation(s) have no segmentation (first: annotation id 10)")],
+    ),
+    "voc mask of another size": (
+        voc({"a": voc_xml("a.jpg", (W, H), [])}, ["a"], masks={"a": np.zeros((H + 1, W), np.uint8)}),
+        {"masks": True},
+        [(ERROR, "mask-size", "SegmentationClass/a.png", "mask is 32x25 but the image is 32x24")],
+    ),
+    "voc mask values out of range": (
+        voc({"a": voc_xml("a.jpg", (W, H), [])}, ["a"], masks={"a": _labels(0, 15, 255)}),
+        {"masks": True},
+        [
+            (
+                ERROR,
+                "mask-values",
+                "SegmentationClass/a.png",
+                "mask values 15 are neither a label 0..2 nor 255",
+            )
+        ],
+    ),
+    "voc image without a mask": (
+        voc({s: voc_xml(f"{s}.jpg", (W, H), []) for s in "ab"}, ["a", "b"], masks={"a": _labels(1)}),
+        {"masks": True},
+        [(WARNING, "no-mask", "", "1 of 2 images have no SegmentationClass/<id>.png (first: b)")],
+    ),
 }
 
 
@@ -401,6 +567,33 @@ def test_skipping_drops_bad_images_with_their_boxes_and_bad_annotations(tmp_path
     assert counts.describe() == "dropped 2 image(s) (with 1 boxes) and 1 invalid annotation(s); 2 images kept"
 
 
+def test_masks_are_checked_only_when_asked(tmp_path: Path) -> None:
+    path = coco(_segmentation([[1, 2, 3]]))(tmp_path)["path"]
+    assert check_dataset(path).problems == []  # detection does not read segmentations
+    assert [p.kind for p in check_dataset(path, masks=True).errors] == ["segmentation"]
+    assert [p.kind for p in check_dataset(path, masks=True, images="none").errors] == ["segmentation"]
+
+
+def test_a_mask_problem_makes_skipping_drop_its_image(tmp_path: Path) -> None:
+    def broken(data: dict, root: Path) -> None:
+        _segmentation([[1, 2, 3, 4]], pos=3)(data, root)  # image 3
+        _mask_file(_labels(9))(data, root)  # image 1
+
+    result = check_dataset(**coco(broken)(tmp_path), masks=True)
+    assert all(p.scope == IMAGE for p in result.errors)
+    index, counts = without_invalid(result)
+    assert [r.image_id for r in index.records] == [2] and counts.images == 2
+    assert result.summary().endswith("2 categories, 3 semantic masks")
+
+
+def test_mask_checks_in_threads_give_the_same_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = coco(_mask_file(_labels(7)))(tmp_path)["path"]
+    serial = check_dataset(path, masks=True, workers=1).problems
+    monkeypatch.setattr(check_module, "_PARALLEL_FROM", 1)
+    assert check_dataset(path, masks=True, workers=4).problems == serial
+    assert [p.kind for p in serial if p.is_error] == ["mask-values"]
+
+
 def test_dataset_level_errors_cannot_be_skipped(tmp_path: Path) -> None:
     result = check_dataset(**coco(raw="{")(tmp_path))
     assert result.index is None and result.fatal
@@ -440,6 +633,13 @@ def test_cli_exit_status_and_report(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "object 0 (owl): unknown class name 'owl'; known classes: cat, dog" in capsys.readouterr().out
     assert main(["data", "check", str(tmp_path / "nowhere.json")]) == 1
     assert "dataset path does not exist" in capsys.readouterr().out
+
+    odd = coco(_segmentation([[1, 2, 11, 2, 11]]))(tmp_path / "odd")["path"]
+    assert main(["data", "check", str(odd)]) == 0  # masks are checked only with --masks
+    capsys.readouterr()
+    assert main(["data", "check", str(odd), "--masks"]) == 1
+    out = capsys.readouterr().out
+    assert "  error: annotation id 10 (image id 1): segmentation: polygon 0 has 5 coordinates" in out
 
 
 def _config(train: Path, val: Path, *overrides: str):
