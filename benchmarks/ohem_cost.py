@@ -38,12 +38,12 @@ import torch
 from torch import nn
 
 from benchmarks.common import make_batches, train_steps
+from benchmarks.roi_align import torchvision_pooler
 from hardmine.config import Config, load_config
 from hardmine.data.sources import resolve_split
 from hardmine.engine.inference import resolve_device
 from hardmine.engine.schedule import build_optimizer
 from hardmine.models.build import build_model
-from hardmine.ops import MultiScaleRoIAlign
 
 VARIANTS: dict[str, list[str]] = {
     "random": ["roi_head.sampler=random", "roi_head.sampler.fg_fraction=0.25", "roi_head.bg_iou_lo=0.0"],
@@ -75,9 +75,9 @@ def build(
     num_classes = resolve_split(cfg.data, "train").num_classes
     torch.manual_seed(0)  # the same initial weights for every variant
     model = build_model(cfg, num_classes).to(device).train()
-    if args.pooler == "hardmine":  # hardmine's RoIAlign kernel (docs/BENCHMARKS.md, "RoIAlign on the CPU")
+    if args.pooler == "torchvision":  # the models pool with hardmine.ops (docs/BENCHMARKS.md)
         head = model.heads["roi"]
-        head.box_roi_pool = MultiScaleRoIAlign.like(head.box_roi_pool)
+        head.box_roi_pool = torchvision_pooler(head.box_roi_pool)
     return model, build_optimizer(model, cfg.solver)
 
 
@@ -143,8 +143,8 @@ def main() -> None:
     parser.add_argument(
         "--pooler",
         choices=["torchvision", "hardmine"],
-        default="torchvision",
-        help="the RoI head's MultiScaleRoIAlign: as the models build it, or hardmine.ops'",
+        default="hardmine",
+        help="the RoI head's MultiScaleRoIAlign: hardmine.ops' (as the models build it) or torchvision's",
     )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for all variants")
     args = parser.parse_args()

@@ -19,7 +19,7 @@ hardmine's, > 1: hardmine faster) the median of the per-round ratios.
 
 With --steps, whole training steps instead: the presets `faster_rcnn_tiny.yaml` (random sampling,
 B = 512) and `faster_rcnn_ohem.yaml`, each built twice from the same seed, once as configured
-(torchvision's pooler) and once with hardmine's `MultiScaleRoIAlign` swapped into the RoI head; the
+(hardmine's `MultiScaleRoIAlign`) and once with torchvision's swapped into the RoI head; the
 four models train on the same batches of the built-in dataset in an order that rotates every round.
 
     python -m benchmarks.roi_align [--quick] [--threads 1 2] [--channels 64 256] [--rounds N]
@@ -178,6 +178,17 @@ def run(threads: int, channels: int, rounds: int, repeats: int) -> list[tuple[st
 PRESETS = {"random": "faster_rcnn_tiny.yaml", "ohem": "faster_rcnn_ohem.yaml"}
 
 
+def torchvision_pooler(pooler: TorchvisionMultiScaleRoIAlign) -> TorchvisionMultiScaleRoIAlign:
+    """torchvision's own `MultiScaleRoIAlign` with the settings of `pooler` (e.g. hardmine's)."""
+    return TorchvisionMultiScaleRoIAlign(
+        pooler.featmap_names,
+        pooler.output_size,
+        pooler.sampling_ratio,
+        canonical_scale=pooler.canonical_scale,
+        canonical_level=pooler.canonical_level,
+    )
+
+
 def step_models(threads: int) -> dict[tuple[str, str], tuple[torch.nn.Module, torch.optim.Optimizer]]:
     """(preset, pooler) -> model and optimizer; both poolers of a preset start from the same weights."""
     torch.set_num_threads(threads)
@@ -188,9 +199,9 @@ def step_models(threads: int) -> dict[tuple[str, str], tuple[torch.nn.Module, to
         for pooler in ("torchvision", "hardmine"):
             torch.manual_seed(0)
             model = build_model(cfg, num_classes).train()
-            if pooler == "hardmine":
+            if pooler == "torchvision":
                 head = model.heads["roi"]
-                head.box_roi_pool = MultiScaleRoIAlign.like(head.box_roi_pool)
+                head.box_roi_pool = torchvision_pooler(head.box_roi_pool)
             models[preset, pooler] = (model, build_optimizer(model, cfg.solver))
     return models
 

@@ -16,7 +16,6 @@ from torch import nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.rpn import RPNHead
-from torchvision.ops import MultiScaleRoIAlign
 
 from hardmine.config import Config, DenseHeadConfig, HeadConfig, RoIHeadConfig, RPNConfig
 from hardmine.models.backbones import build_backbone
@@ -28,6 +27,7 @@ from hardmine.models.rpn import RPN
 from hardmine.models.torchvision_detectors import PretrainedModules, load_torchvision_detector
 from hardmine.models.transform import DetectionTransform
 from hardmine.models.two_stage import TwoStageDetector
+from hardmine.ops import MultiScaleRoIAlign
 from hardmine.sampling import Sampler
 
 
@@ -74,13 +74,15 @@ def build_roi_head(
     r: RoIHeadConfig, backbone: nn.Module, num_classes: int, pretrained: PretrainedModules | None = None
 ) -> RoIHead:
     """The RoI head of `roi_head.*` over `backbone`'s features, for C = `num_classes` (its RoI
-    pooling and box head the pretrained ones, if any; the class-specific predictor is always new)."""
+    pooling and box head the pretrained ones, if any; the class-specific predictor is always new).
+    RoI pooling is hardmine's `MultiScaleRoIAlign`: torchvision's values, faster on the CPU
+    (docs/BENCHMARKS.md, "RoIAlign on the CPU"); torchvision's op on CUDA."""
     if pretrained is None or pretrained.box_head is None:
         roi_pool = MultiScaleRoIAlign(backbone.feature_names, r.roi_output_size, r.sampling_ratio)
         box_head = TwoMLPHead(backbone.out_channels * r.roi_output_size**2, r.representation_size)
         box_features = r.representation_size
     else:
-        roi_pool, box_head = pretrained.box_roi_pool, pretrained.box_head
+        roi_pool, box_head = MultiScaleRoIAlign.like(pretrained.box_roi_pool), pretrained.box_head
         box_features = pretrained.box_head_features
     return RoIHead(
         roi_pool,
