@@ -51,73 +51,73 @@ TRICKS: dict[str, list[str]] = {
 #: Row name -> (preset, overrides). Every row trains on the same data with the same budget.
 #: Overrides may name the budget: {iters}, {two_thirds} and {eight_ninths} of it (step schedules).
 ROWS: dict[str, tuple[str, list[str]]] = {
-    "faster_rcnn_tiny random (default)": ("faster_rcnn_tiny.yaml", []),
-    "faster_rcnn_tiny random B=64": ("faster_rcnn_tiny.yaml", ["roi_head.sampler.batch_size_per_image=64"]),
-    "faster_rcnn_tiny ohem": ("faster_rcnn_ohem.yaml", []),
-    "faster_rcnn_tiny iou_balanced": ("faster_rcnn_iou_balanced.yaml", []),
-    "retinanet_tiny focal": ("retinanet_tiny.yaml", []),
-    "retinanet_tiny hard_negative": ("retinanet_hard_negative.yaml", []),
-    "retinanet_tiny ohem": ("retinanet_ohem.yaml", []),
-    "retinanet_tiny alpha-balanced CE": (
-        "retinanet_tiny.yaml",
+    "faster_rcnn random (default)": ("faster_rcnn.yaml", []),
+    "faster_rcnn random B=64": ("faster_rcnn.yaml", ["roi_head.sampler.batch_size_per_image=64"]),
+    "faster_rcnn ohem": ("faster_rcnn_ohem.yaml", []),
+    "faster_rcnn iou_balanced": ("faster_rcnn_iou_balanced.yaml", []),
+    "retinanet focal": ("retinanet.yaml", []),
+    "retinanet hard_negative": ("retinanet_hard_negative.yaml", []),
+    "retinanet ohem": ("retinanet_ohem.yaml", []),
+    "retinanet alpha-balanced CE": (
+        "retinanet.yaml",
         ["dense_head.cls_loss=bce", "dense_head.cls_loss.alpha=0.25"],
     ),
-    "retinanet_tiny GHM-C + GHM-R": ("retinanet_ghm.yaml", []),
-    "retinanet_tiny sampling-free": ("retinanet_sampling_free.yaml", []),
-    "faster_rcnn_tiny sampling-free": ("faster_rcnn_sampling_free.yaml", []),
+    "retinanet GHM-C + GHM-R": ("retinanet_ghm.yaml", []),
+    "retinanet sampling-free": ("retinanet_sampling_free.yaml", []),
+    "faster_rcnn sampling-free": ("faster_rcnn_sampling_free.yaml", []),
     # Test-time options (docs/test-time-and-mining.md). These rows differ from an earlier row only at
     # test time, so they evaluate its trained models (run them together with it).
-    "faster_rcnn_tiny random, test 3 scales": ("faster_rcnn_tiny.yaml", [TEST_SCALES]),
-    "faster_rcnn_tiny random, test 3 scales + flip": (
-        "faster_rcnn_tiny.yaml",
+    "faster_rcnn random, test 3 scales": ("faster_rcnn.yaml", [TEST_SCALES]),
+    "faster_rcnn random, test 3 scales + flip": (
+        "faster_rcnn.yaml",
         [TEST_SCALES, "eval.hflip=true"],
     ),
-    "faster_rcnn_tiny random, iterative bbox reg": ("faster_rcnn_tiny.yaml", ["roi_head.iterative.rounds=1"]),
-    "faster_rcnn_tiny ohem, 3 scales + flip + iterative bbox reg (OHEM paper's test)": (
+    "faster_rcnn random, iterative bbox reg": ("faster_rcnn.yaml", ["roi_head.iterative.rounds=1"]),
+    "faster_rcnn ohem, 3 scales + flip + iterative bbox reg (OHEM paper's test)": (
         "faster_rcnn_ohem.yaml",
         [TEST_SCALES, "eval.hflip=true", "roi_head.iterative.rounds=1"],
     ),
-    "retinanet_tiny focal, test 3 scales + flip": ("retinanet_tiny.yaml", [TEST_SCALES, "eval.hflip=true"]),
+    "retinanet focal, test 3 scales + flip": ("retinanet.yaml", [TEST_SCALES, "eval.hflip=true"]),
     # Offline bootstrapping: one round = train, mine data.train's false positives (score >= 0.5,
     # IoU < 0.3), retrain from those weights for another full budget with them among the RoI
     # candidates. The restart controls retrain the same way with nothing mined (no detection
     # scores 1.0), so they separate the mined regions from the extra training. The random sampler's
     # background range starts at 0 here, as OHEM's does, or mined regions with IoU < 0.1 to every
     # object would never be sampled.
-    "faster_rcnn_tiny random bg_lo=0": ("faster_rcnn_tiny.yaml", ["roi_head.bg_iou_lo=0.0"]),
-    "faster_rcnn_tiny random bg_lo=0, restart (control)": (
-        "faster_rcnn_tiny.yaml",
+    "faster_rcnn random bg_lo=0": ("faster_rcnn.yaml", ["roi_head.bg_iou_lo=0.0"]),
+    "faster_rcnn random bg_lo=0, restart (control)": (
+        "faster_rcnn.yaml",
         ["roi_head.bg_iou_lo=0.0", "mining.rounds=1", "mining.score_thresh=1.0"],
     ),
-    "faster_rcnn_tiny random bg_lo=0, bootstrap 1 round": (
-        "faster_rcnn_tiny.yaml",
+    "faster_rcnn random bg_lo=0, bootstrap 1 round": (
+        "faster_rcnn.yaml",
         ["roi_head.bg_iou_lo=0.0", "mining.rounds=1"],
     ),
-    "faster_rcnn_tiny ohem, restart (control)": (
+    "faster_rcnn ohem, restart (control)": (
         "faster_rcnn_ohem.yaml",
         ["mining.rounds=1", "mining.score_thresh=1.0"],
     ),
-    "faster_rcnn_tiny ohem, bootstrap 1 round": ("faster_rcnn_ohem.yaml", ["mining.rounds=1"]),
+    "faster_rcnn ohem, bootstrap 1 round": ("faster_rcnn_ohem.yaml", ["mining.rounds=1"]),
     # Training tricks (docs/training-tricks.md), each alone on top of the default recipe (warmup +
     # cosine), then all together; the step row is the schedule the paper compares cosine with.
-    "faster_rcnn_tiny step decay, no warmup": (
-        "faster_rcnn_tiny.yaml",
+    "faster_rcnn step decay, no warmup": (
+        "faster_rcnn.yaml",
         ["solver.schedule=step", "solver.warmup_iters=0", "solver.steps=[{two_thirds},{eight_ninths}]"],
     ),
-    "faster_rcnn_tiny + mixup": ("faster_rcnn_tiny.yaml", TRICKS["mixup"]),
-    "faster_rcnn_tiny + label smoothing": ("faster_rcnn_tiny.yaml", TRICKS["label smoothing"]),
-    "faster_rcnn_tiny + random shapes": ("faster_rcnn_tiny.yaml", TRICKS["random shapes"]),
-    "faster_rcnn_tiny + augmentation": ("faster_rcnn_tiny.yaml", TRICKS["augmentation"]),
+    "faster_rcnn + mixup": ("faster_rcnn.yaml", TRICKS["mixup"]),
+    "faster_rcnn + label smoothing": ("faster_rcnn.yaml", TRICKS["label smoothing"]),
+    "faster_rcnn + random shapes": ("faster_rcnn.yaml", TRICKS["random shapes"]),
+    "faster_rcnn + augmentation": ("faster_rcnn.yaml", TRICKS["augmentation"]),
     # SSD's geometric augmentation (zoom, IoU crop) on top, without and with SSD's +-18 degrees of hue
-    "faster_rcnn_tiny + SSD augmentation": (
-        "faster_rcnn_tiny.yaml",
+    "faster_rcnn + SSD augmentation": (
+        "faster_rcnn.yaml",
         ["data.augment=[hflip,color_jitter,scale_jitter,iou_crop]", "data.color_jitter=[0.125,0.5,0.5,0]"],
     ),
-    "faster_rcnn_tiny + SSD augmentation with hue jitter": (
-        "faster_rcnn_tiny.yaml",
+    "faster_rcnn + SSD augmentation with hue jitter": (
+        "faster_rcnn.yaml",
         ["data.augment=[hflip,color_jitter,scale_jitter,iou_crop]"],
     ),
-    "faster_rcnn_tiny + all tricks": ("faster_rcnn_freebies.yaml", []),  # = every TRICKS override
+    "faster_rcnn + all tricks": ("faster_rcnn_freebies.yaml", []),  # = every TRICKS override
 }
 
 #: Config entries that change only inference; a row differing only there reuses trained models.
