@@ -162,13 +162,13 @@ def measure_memory(name: str, args: argparse.Namespace, queue: Any) -> None:
         queue.put((name, (_resident_kib("VmHWM") - before) / 1024))
 
 
-def peak_memory(args: argparse.Namespace) -> dict[str, float]:
+def peak_memory(args: argparse.Namespace, names: list[str]) -> dict[str, float]:
     """Each variant's peak training memory in MiB, measured in a fresh process of its own."""
     os.environ["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)  # inherited by the spawned children
     context = mp.get_context("spawn")
     queue = context.Queue()
     memory = {}
-    for name in VARIANTS:
+    for name in names:
         child = context.Process(target=measure_memory, args=(name, args, queue))
         child.start()
         child_name, mib = queue.get()
@@ -212,8 +212,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
 
-    memory = peak_memory(args)
     names = [*VARIANTS, *(["ohem_cheap"] if args.score_pass else [])]
+    memory = peak_memory(args, names)
     models = {name: build(name, args, device) for name in names}
     batches = make_batches(
         variant_config("random", args.batch_per_image, args.overrides), args.iters, args.batch_size, device
