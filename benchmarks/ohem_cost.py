@@ -21,8 +21,10 @@ With ``--score-pass bf16|coarse|bf16_coarse`` a fourth model, ``ohem_cheap``, ru
 cheaper read-only pass (``roi_head.sampler.score_pass``) in the same rotation, and after the timing
 the exact OHEM model scores each batch both ways: the selection agreement is the share of the
 exactly selected RoIs that the cheaper pass selects too (pooled over the batches). Agreement
-means most on a trained model: ``--weights CHECKPOINT`` (a Faster R-CNN run's
-``checkpoint_last.pt`` with the same overrides) starts every model from those weights.
+means most on a trained model: ``--weights CHECKPOINT`` (a Faster R-CNN run's ``model_final.pt``
+or ``checkpoint_last.pt``, with the overrides that build its model: for the pretrained preset
+``model.backbone=mobilenet_v2_fpn model.fpn_channels=128 model.trainable_layers=6
+model.pretrained=true``) starts every model from those weights.
 
     python -m benchmarks.ohem_cost [--quick] [--device cpu|cuda] [--rounds N] [--iters N]
                                    [--batch-size 2] [--pooler torchvision|hardmine]
@@ -41,6 +43,7 @@ import argparse
 import multiprocessing as mp
 import os
 import statistics
+from queue import Empty
 from typing import Any
 
 import torch
@@ -171,10 +174,16 @@ def peak_memory(args: argparse.Namespace, names: list[str]) -> dict[str, float]:
     for name in names:
         child = context.Process(target=measure_memory, args=(name, args, queue))
         child.start()
-        child_name, mib = queue.get()
+        while True:  # a child that dies (an error in its build, say) never answers: stop waiting then
+            try:
+                child_name, mib = queue.get(timeout=5)
+                break
+            except Empty:
+                if not child.is_alive():
+                    raise RuntimeError(
+                        f"memory measurement of {name!r} failed (exit code {child.exitcode}; error above)"
+                    ) from None
         child.join()
-        if child.exitcode != 0:
-            raise RuntimeError(f"memory measurement of {name!r} failed (exit code {child.exitcode})")
         memory[child_name] = mib
     return memory
 
