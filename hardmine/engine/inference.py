@@ -53,10 +53,12 @@ def trained_categories(payload: dict[str, Any]) -> list[Category]:
     return [Category(id=c["id"], name=c["name"], label=c["label"]) for c in payload["categories"]]
 
 
-def checked_split(cfg: Config, payload: dict[str, Any], split: str, checkpoint: str | Path) -> DatasetIndex:
-    """`split` ("train" or "val") of `cfg.data`, which must have the categories (ids and names, in
-    order) that `checkpoint`, whose `payload` this is, was trained on."""
-    index = resolve_split(cfg.data, split)
+def checked_split(
+    cfg: Config, payload: dict[str, Any], split: str, checkpoint: str | Path, masks: bool = False
+) -> DatasetIndex:
+    """`split` ("train" or "val") of `cfg.data` (with its semantic masks if `masks`), which must have
+    the categories (ids and names, in order) that `checkpoint`, whose `payload` this is, was trained on."""
+    index = resolve_split(cfg.data, split, masks=masks)
     trained = [(c.id, c.name) for c in trained_categories(payload)]
     data = [(c.id, c.name) for c in index.categories]
     if trained != data:
