@@ -48,6 +48,29 @@ def overlay_kept(image: Tensor, keep: Tensor, dim: float = 0.35) -> Tensor:
     return draw_segmentation_masks(darkened, keep[None], alpha=0.5, colors=[KEPT_COLOR])
 
 
+def loss_heat(loss: Tensor) -> Tensor:
+    """uint8 [3, H, W] picture of per-pixel losses [H, W]: matplotlib's magma map, 0 black, the
+    99th percentile and above bright."""
+    from matplotlib import colormaps
+
+    top = float(torch.quantile(loss.flatten().float(), 0.99)) if loss.numel() else 0.0
+    scaled = (loss.float() / top).clamp(0.0, 1.0) if top > 0 else torch.zeros_like(loss, dtype=torch.float32)
+    rgb = colormaps["magma"](scaled.numpy())[..., :3]
+    return torch.from_numpy((rgb * 255).round().astype(np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def draw_selection(image: Tensor, target: Tensor, prediction: Tensor, loss: Tensor, keep: Tensor) -> Tensor:
+    """Four captioned panels of one image at the model's input size (all [H, W] but `image`, uint8
+    [3, H, W]): ground truth, prediction, per-pixel loss, the pixels the sampler kept."""
+    panels = [
+        overlay_labels(image, target),
+        overlay_labels(image, prediction),
+        loss_heat(loss),
+        overlay_kept(image, keep),
+    ]
+    return captioned(panels, ["ground truth", "prediction", "loss", "kept pixels"])
+
+
 def captioned(panels: Sequence[Tensor], captions: Sequence[str], height: int = 14) -> Tensor:
     """Panels (uint8 [3, H, W] each, the same H) side by side with a caption strip above each."""
     strips = []

@@ -15,6 +15,8 @@ original size before the argmax.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,10 +24,23 @@ from torch import Tensor, nn
 from hardmine.data.masks import IGNORE_LABEL
 from hardmine.models.transform import DetectionTransform
 from hardmine.segmentation.pixel_losses import ClassPixelCounts, PixelLoss
-from hardmine.segmentation.pixel_sampling import PixelSampler, SampledPixelLoss
+from hardmine.segmentation.pixel_sampling import PixelSampler, SampledPixelLoss, pixel_stats
 
 #: The model's key in the heads' diagnostics of log.csv (`seg/num_kept`, `seg/fg_loss_share`, ...).
 HEAD_NAME = "seg"
+
+
+@dataclass(frozen=True)
+class PixelSelection:
+    """What the sampler keeps on one image, at the model's input size (h, w): the target (255
+    ignored), the prediction, each pixel's loss and the keep mask, all [h, w] on the CPU, and the
+    selection's diagnostics (`SampledPixelLoss.last_stats` keys)."""
+
+    target: Tensor
+    prediction: Tensor
+    loss: Tensor
+    keep: Tensor
+    stats: dict[str, float]
 
 
 class WeightedPixelLoss(nn.Module):
@@ -94,6 +109,33 @@ class SegmentationModel(nn.Module):
         features = self.backbone(batch)[self.feature]
         logits = self.head(features)
         return F.interpolate(logits, size=batch.shape[-2:], mode="bilinear", align_corners=False)
+
+    @torch.no_grad()
+    def select_pixels(self, image: Tensor, mask: Tensor) -> PixelSelection:
+        """The pixels the sampler keeps on one image (float [3, H, W] in [0, 1]) with its mask
+        ([H, W], 255 ignored), as the model stands (inference mode: test size, no dropout); the
+        mode is restored after."""
+        was_training = self.training
+        self.eval()
+        try:
+            batch, _ = self.transform([image])
+            logits = self.logits(batch.tensors)
+            target = batch_masks(
+                [{"mask": mask.to(logits.device)}], batch.image_sizes, tuple(logits.shape[-2:])
+            )
+            loss = self.criterion.loss(logits, target)
+            keep = self.sampler(logits, target, loss)
+            stats = pixel_stats(loss, keep, target, self.sampler.ignore_index)
+        finally:
+            self.train(was_training)
+        h, w = batch.image_sizes[0]
+        return PixelSelection(
+            target=target[0, :h, :w].cpu(),
+            prediction=logits[0, :, :h, :w].argmax(dim=0).cpu(),
+            loss=loss[0, :h, :w].float().cpu(),
+            keep=keep[0, :h, :w].cpu(),
+            stats=stats,
+        )
 
     def forward(
         self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None

@@ -423,3 +423,38 @@ def test_every_shipped_spec_is_valid(spec_file, tmp_path):
     assert spec.runs
     for run in spec.runs:
         spec.run_config(run, 0, tmp_path)  # builds and validates the run's whole config
+
+
+def test_a_segmentation_comparison_reports_miou_and_the_kept_pixels(synth_dir, tmp_path):
+    """Two tiny segmentation runs end to end: mIoU tables and curves, the gallery of kept pixels."""
+    runs = [
+        {"name": "cross-entropy", "preset": "segmentation_tiny"},  # family from model.arch
+        {
+            "name": "pixel OHEM",
+            "family": "segmentation",
+            "preset": "segmentation_tiny",
+            "overrides": ["seg_head.sampler=ohem"],
+        },
+    ]
+    spec = write_spec(tmp_path / "spec.yaml", synth_dir, runs, baseline=["cross-entropy"])
+    out = tmp_path / "out"
+    assert main(["compare", str(spec), "--out", str(out), "--jobs", "2"]) == 0
+    md = (out / "report.md").read_text()
+    for heading in ("### segmentation", "## mIoU during training", "## mIoU per method", "## Hard examples"):
+        assert heading in md, heading
+    assert "| method | seeds | mIoU | pixel accuracy | s/iter |" in md
+    assert "No verdicts with intervals" in md and "## Precision-recall at IoU 0.5" not in md
+    assert "sampler `ohem` keeps the pixels whose true-class probability is below 0.7" in md
+    assert "sampler `none` keeps every pixel not ignored" in md
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    gallery = [link for link in links if Path(link).parent.name == "gallery"]
+    assert len(gallery) == 2 and all((out / link).read_bytes()[:4] == b"\x89PNG" for link in gallery)
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["name"], r["family"], r["status"]) for r in rows] == [
+        ("cross-entropy", "segmentation", "trained"),
+        ("pixel OHEM", "segmentation", "trained"),
+    ]
+    assert all(0.0 <= float(r["mIoU"]) <= 1.0 and r["IoU/background"] for r in rows)
+    log = list(csv.DictReader((out / "runs" / "pixel-ohem-seed0" / "log.csv").open()))
+    assert float(log[-1]["seg/num_kept"]) <= float(log[-1]["seg/num_valid"])
+    assert "mIoU and pixel accuracy on the validation set, in percent" in md and "AP50" not in md
