@@ -105,3 +105,14 @@ def test_eval_and_predict_commands_score_and_draw_masks(fast_overrides, tmp_path
         # image, prediction and ground truth side by side (4 px gaps), a caption strip above
         assert drawing.width == 3 * mask.width + 8 and drawing.height == mask.height + 14
     assert "masks drawn" in capsys.readouterr().out
+
+
+def test_mixed_precision_trains_the_segmentation_model(fast_overrides) -> None:
+    cfg = load_config(
+        PRESET, [*fast_overrides, *SEG, "solver.max_iter=2", "solver.amp=bf16", "seg_head.sampler=topk"]
+    )
+    result = training.train(cfg)
+    assert result.skipped_steps == 0
+    rows = list(csv.DictReader((Path(cfg.output_dir) / "log.csv").open()))
+    assert all(torch.isfinite(torch.tensor(float(r["loss_seg"]))) for r in rows)
+    assert float(rows[-1]["seg/kept_fraction"]) == pytest.approx(0.2, abs=1e-3)
