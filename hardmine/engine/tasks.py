@@ -224,7 +224,11 @@ class SegmentationTask(Task):
         pr_curve_path: Path | None = None,
         detections_path: Path | None = None,
     ) -> dict[str, float]:
-        return evaluate_segmentation(model, index, device, cfg.eval.batch_size, cfg.data.num_workers)
+        # `detections_path`: where an evaluation during training keeps its per-image results; for a
+        # segmentation model each image's confusion matrix (hardmine compare's image bootstrap)
+        return evaluate_segmentation(
+            model, index, device, cfg.eval.batch_size, cfg.data.num_workers, confusions_path=detections_path
+        )
 
     def evaluate_checkpoint(
         self, checkpoint: str | Path, overrides: list[str], out: Path

@@ -183,15 +183,13 @@ def _verdict_blocks(v: FamilyVerdicts | None, members: list[MethodSummary], r: R
         e for e in (r.race.eliminations if r.race is not None else []) if e.family == members[0].family
     ]
     if v is None or len(v.estimates) + len(stopped) < 2:
-        if members[0].family == SEGMENTATION_FAMILY:
+        if len([m for m in members if m.seeds and m.stopped_at is None]) > 1:
             return [
                 Paragraph(
-                    "No verdicts with intervals: they rest on per-image scores, which segmentation "
-                    "runs do not keep yet; compare the mean ± std over seeds above (3 seeds or more)."
+                    "No verdicts: the finished runs kept no detections (segmentation: per-image "
+                    "results) of their final evaluation."
                 )
             ]
-        if len([m for m in members if m.seeds and m.stopped_at is None]) > 1:
-            return [Paragraph("No verdicts: the finished runs kept no detections of their final evaluation.")]
         return []
     level = f"{CONFIDENCE:.0%}"
     diffs = {d.method: d for d in v.comparisons}
@@ -204,16 +202,17 @@ def _verdict_blocks(v: FamilyVerdicts | None, members: list[MethodSummary], r: R
     header = [
         "method",
         "seeds x images",
-        "AP",
+        v.metric,
         f"{level} CI, seeds (t)",
         f"{level} CI, images",
-        f"AP - {v.baseline} ({level} CI)",
+        f"{v.metric} - {v.baseline} ({level} CI)",
         "verdict",
     ]
     blocks: list[Block] = [
         Paragraph(
-            f"Verdicts against {v.baseline}, in AP points: the mean over seeds with its Student-t interval "
-            "over seeds (two seeds or more) and its bootstrap interval over the validation images; the "
+            f"Verdicts against {v.baseline}, in {v.metric} points: the mean over seeds with its "
+            "Student-t interval over seeds (two seeds or more) and its bootstrap interval over the "
+            "validation images; the "
             f"paired difference to {v.baseline} (same seeds, same images) with its two-stage bootstrap "
             "interval (seeds, then images). Better or worse only where that interval excludes 0."
         ),

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
@@ -19,7 +21,8 @@ from hardmine import distributed
 from hardmine.data.dataset import DetectionDataset, collate_detection
 from hardmine.data.records import DatasetIndex
 from hardmine.segmentation.dataset import SegmentationDataset
-from hardmine.segmentation.metrics import SegmentationMetrics
+from hardmine.segmentation.image_scores import image_confusion, write_confusions
+from hardmine.segmentation.metrics import BACKGROUND, SegmentationMetrics
 
 
 @torch.no_grad()
@@ -55,16 +58,31 @@ def predicted_masks(
 
 
 def evaluate_segmentation(
-    model: nn.Module, index: DatasetIndex, device: torch.device, batch_size: int = 4, num_workers: int = 0
+    model: nn.Module,
+    index: DatasetIndex,
+    device: torch.device,
+    batch_size: int = 4,
+    num_workers: int = 0,
+    confusions_path: Path | None = None,
 ) -> dict[str, float]:
     """`mIoU`, `pixel_accuracy` and `IoU/<class>` (background first) of `model` on `index` (read
-    with masks); sharded over the processes of a distributed run."""
+    with masks); sharded over the processes of a distributed run. With `confusions_path`, each
+    image's confusion matrix is written there (rank 0; `image_scores`), for `hardmine compare`'s
+    intervals over validation images."""
     shard = index
     if distributed.is_distributed():
         rank, world = distributed.rank(), distributed.world_size()
         shard = dataclasses.replace(index, records=index.records[rank::world])
     metrics = SegmentationMetrics(index.class_names())
-    for _, prediction, target in predicted_masks(model, shard, device, batch_size, num_workers):
+    confusions: dict[int, np.ndarray] = {}
+    for image_id, prediction, target in predicted_masks(model, shard, device, batch_size, num_workers):
         assert target is not None
         metrics.update(prediction[None], target[None])
+        if confusions_path is not None:
+            confusions[image_id] = image_confusion(prediction, target, index.num_classes + 1)
+    if confusions_path is not None:
+        shards = distributed.gather_objects(confusions)
+        if shards is not None:  # rank 0
+            merged = {i: m for part in shards for i, m in part.items()}
+            write_confusions(confusions_path, merged, [BACKGROUND, *index.class_names()])
     return metrics.compute()

@@ -443,7 +443,14 @@ def test_a_segmentation_comparison_reports_miou_and_the_kept_pixels(synth_dir, t
     for heading in ("### segmentation", "## mIoU during training", "## mIoU per method", "## Hard examples"):
         assert heading in md, heading
     assert "| method | seeds | mIoU | pixel accuracy | s/iter |" in md
-    assert "No verdicts with intervals" in md and "## Precision-recall at IoU 0.5" not in md
+    assert "## Precision-recall at IoU 0.5" not in md
+    # verdicts from each image's confusion matrix: mIoU on bootstrap replicates of the images
+    assert "Verdicts against cross-entropy, in mIoU points" in md
+    assert re.search(r"pixel OHEM: [+-]\d+\.\d mIoU vs cross-entropy \(95% CI .*; 1 seed x 4 images\)", md)
+    confusions = json.loads((out / "runs" / "pixel-ohem-seed0" / "detections" / "0000003.json").read_text())
+    assert confusions["classes"][0] == "background" and len(confusions["images"]) == 4
+    rows_md = md.split("| method | seeds x images | mIoU |")[1]
+    assert "| cross-entropy | 1 x 4 |" in rows_md
     assert "sampler `ohem` keeps the pixels whose true-class probability is below 0.7" in md
     assert "sampler `none` keeps every pixel not ignored" in md
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
