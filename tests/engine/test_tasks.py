@@ -106,6 +106,14 @@ def test_eval_and_predict_commands_score_and_draw_masks(fast_overrides, tmp_path
         assert drawing.width == 3 * mask.width + 8 and drawing.height == mask.height + 14
     assert "masks drawn" in capsys.readouterr().out
 
+    # the detectors' own commands refuse it, naming the model
+    for command in (
+        ["mine", str(checkpoint), "--out", str(tmp_path / "m.json")],
+        ["gallery", str(checkpoint), "--image", "0"],
+    ):
+        assert main(command) == 2
+        assert "holds a segmentation model (model.arch=fcn)" in capsys.readouterr().err
+
 
 def test_mixed_precision_trains_the_segmentation_model(fast_overrides) -> None:
     cfg = load_config(
