@@ -21,7 +21,6 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
 from hardmine.config import SEGMENTATION_ARCHS, Config
 from hardmine.data.dataset import DetectionDataset
@@ -60,7 +59,7 @@ class Task(ABC):
         proposals: dict[int, Tensor] | None,
         hard_negatives: dict[int, Tensor] | None,
         batches_per_epoch: int,
-    ) -> Dataset:
+    ) -> DetectionDataset:
         """The training split as a seeded, augmented Dataset (see `engine.train_data`)."""
 
     @abstractmethod
@@ -122,7 +121,7 @@ class DetectionTask(Task):
         proposals: dict[int, Tensor] | None,
         hard_negatives: dict[int, Tensor] | None,
         batches_per_epoch: int,
-    ) -> Dataset:
+    ) -> DetectionDataset:
         return DetectionDataset(
             train,
             train=True,
@@ -193,7 +192,7 @@ class SegmentationTask(Task):
         proposals: dict[int, Tensor] | None,
         hard_negatives: dict[int, Tensor] | None,
         batches_per_epoch: int,
-    ) -> Dataset:
+    ) -> DetectionDataset:
         return SegmentationDataset(
             train,
             train=True,

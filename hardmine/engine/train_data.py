@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from hardmine import distributed
 from hardmine.config import Config
-from hardmine.data.dataset import collate_detection
+from hardmine.data.dataset import DetectionDataset, collate_detection
 from hardmine.data.records import DatasetIndex
 from hardmine.data.sources import load_checked_splits
 from hardmine.engine.mining import load_hard_negatives
@@ -56,9 +56,10 @@ def load_training_data(cfg: Config, run: distributed.ProcessContext) -> Training
 
 
 class EpochIndexed(Dataset):
-    """Wraps a DetectionDataset so each sample index carries its epoch (seeds its augmentation)."""
+    """Wraps a DetectionDataset (or a SegmentationDataset) so each sample index carries its epoch
+    (seeds its augmentation)."""
 
-    def __init__(self, dataset: Any) -> None:
+    def __init__(self, dataset: DetectionDataset) -> None:
         self.dataset = dataset
 
     def __len__(self) -> int:
