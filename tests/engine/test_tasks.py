@@ -4,6 +4,7 @@ predict` drawing masks; and which task a config or a checkpoint has."""
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,17 @@ def test_mixed_precision_trains_the_segmentation_model(fast_overrides) -> None:
     rows = list(csv.DictReader((Path(cfg.output_dir) / "log.csv").open()))
     assert all(torch.isfinite(torch.tensor(float(r["loss_seg"]))) for r in rows)
     assert float(rows[-1]["seg/kept_fraction"]) == pytest.approx(0.2, abs=1e-3)
+
+
+def test_a_bad_mask_stops_training_naming_its_file_or_is_skipped(synth_dir, fast_overrides, tmp_path) -> None:
+    from hardmine.errors import DataError
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_dir, data)
+    Image.new("L", (10, 10)).save(data / "masks" / "train_000001.png")  # another size than its image
+    overrides = [*fast_overrides, *SEG, "solver.max_iter=1", f"data.train={data / 'train.json'}"]
+    with pytest.raises(DataError) as info:
+        training.train(load_config(PRESET, overrides))
+    assert "masks/train_000001.png" in str(info.value) and "mask is 10x10 but the image is" in str(info.value)
+    result = training.train(load_config(PRESET, [*overrides, "data.on_invalid=skip"]))
+    assert result.iterations == 1
