@@ -87,7 +87,7 @@ def test_class_balanced_weights_come_from_the_training_masks(fast_overrides, syn
     torch.testing.assert_close(saved, median_frequency_weights(counts))
 
 
-def test_eval_and_predict_commands_score_and_draw_masks(fast_overrides, tmp_path, capsys) -> None:
+def test_eval_and_predict_commands_score_and_draw_masks(fast_overrides, synth_dir, tmp_path, capsys) -> None:
     cfg = load_config(PRESET, [*fast_overrides, *SEG, "solver.max_iter=1"])
     training.train(cfg)
     checkpoint = Path(cfg.output_dir) / "model_final.pt"
@@ -106,6 +106,10 @@ def test_eval_and_predict_commands_score_and_draw_masks(fast_overrides, tmp_path
         # image, prediction and ground truth side by side (4 px gaps), a caption strip above
         assert drawing.width == 3 * mask.width + 8 and drawing.height == mask.height + 14
     assert "masks drawn" in capsys.readouterr().out
+    image = sorted((synth_dir / "images").glob("val_*.png"))[0]
+    assert main(["predict", str(checkpoint), "--images", str(image), "--out", str(tmp_path / "loose")]) == 0
+    with Image.open(tmp_path / "loose" / image.name) as drawing, Image.open(image) as original:
+        assert drawing.width == 2 * original.width + 4  # image and prediction: no ground truth
 
     # the detectors' own commands refuse it, naming the model
     for command in (
