@@ -239,6 +239,16 @@ def test_a_changed_config_is_not_skipped(tiny):
         spec.with_options(overrides=["train.num_threads=2", "train.eval_period=3"]), tiny["out"]
     )
     assert threads[0].finished()
+    # a config.yaml written before an option existed (here the seg_head section): the same run
+    saved = planned[0].run_dir / "config.yaml"
+    text = saved.read_text()
+    older = yaml.safe_load(text)
+    del older["seg_head"]
+    try:
+        saved.write_text(yaml.safe_dump(older, sort_keys=False))
+        assert plan_runs(spec, tiny["out"])[0].finished()
+    finally:
+        saved.write_text(text)
 
 
 def test_the_launch_sets_the_threads_a_config_leaves_open_and_where_a_race_stops(tiny):
