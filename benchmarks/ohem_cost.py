@@ -17,13 +17,22 @@ before the first iteration, with glibc told to serve every allocation of 64 KiB 
 (MALLOC_MMAP_THRESHOLD_) so that freed tensors leave the resident set at once and the peak
 follows the live tensors rather than the heap's history.
 
+With ``--score-pass bf16|coarse|bf16_coarse`` a fourth model, ``ohem_cheap``, runs OHEM with that
+cheaper read-only pass (``roi_head.sampler.score_pass``) in the same rotation, and after the timing
+the exact OHEM model scores each batch both ways: the selection agreement is the share of the
+exactly selected RoIs that the cheaper pass selects too (pooled over the batches). Agreement
+means most on a trained model: ``--weights CHECKPOINT`` (a Faster R-CNN run's
+``checkpoint_last.pt`` with the same overrides) starts every model from those weights.
+
     python -m benchmarks.ohem_cost [--quick] [--device cpu|cuda] [--rounds N] [--iters N]
-                                   [--batch-size 2] [--pooler torchvision|hardmine] [KEY=VALUE ...]
+                                   [--batch-size 2] [--pooler torchvision|hardmine]
+                                   [--score-pass PASS] [--weights CHECKPOINT] [KEY=VALUE ...]
 
 KEY=VALUE overrides apply to all three models (for example ``model.backbone=resnet18_fpn
 model.min_size=[512] model.max_size=512``). Last printed line:
 ``ohem_time_ratio=T ohem_mem_ratio=M twopass_speedup=S`` (OHEM time and memory over random
-sampling's; loss_mask time over two-pass time).
+sampling's; loss_mask time over two-pass time), then, with ``--score-pass``,
+``cheap_time_ratio=T selection_agreement=A``.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from benchmarks.common import make_batches, train_steps
 from benchmarks.roi_align import torchvision_pooler
 from hardmine.config import Config, load_config
 from hardmine.data.sources import resolve_split
+from hardmine.engine.checkpoint import load_checkpoint, load_model_state
 from hardmine.engine.inference import resolve_device
 from hardmine.engine.schedule import build_optimizer
 from hardmine.models.build import build_model
@@ -54,14 +64,22 @@ VARIANTS: dict[str, list[str]] = {
 MMAP_THRESHOLD = 64 * 1024
 
 
-def variant_config(name: str, batch_per_image: int, overrides: list[str]) -> Config:
-    """The config of one variant: the OHEM preset's RPN budget, the same B for every sampler."""
+def variant_config(
+    name: str, batch_per_image: int, overrides: list[str], score_pass: str = "exact"
+) -> Config:
+    """The config of one variant: the OHEM preset's RPN budget, the same B for every sampler;
+    `ohem_cheap` is OHEM with the `score_pass` read-only pass."""
+    own = (
+        VARIANTS["ohem"] + [f"roi_head.sampler.score_pass={score_pass}"]
+        if name == "ohem_cheap"
+        else VARIANTS[name]
+    )
     return load_config(
         None,
         [
             "rpn.pre_nms_top_n_train=1000",
             "rpn.post_nms_top_n_train=1000",
-            *VARIANTS[name],
+            *own,
             f"roi_head.sampler.batch_size_per_image={batch_per_image}",
             *overrides,
         ],
@@ -71,14 +89,48 @@ def variant_config(name: str, batch_per_image: int, overrides: list[str]) -> Con
 def build(
     name: str, args: argparse.Namespace, device: torch.device
 ) -> tuple[nn.Module, torch.optim.Optimizer]:
-    cfg = variant_config(name, args.batch_per_image, args.overrides)
+    cfg = variant_config(name, args.batch_per_image, args.overrides, args.score_pass)
     num_classes = resolve_split(cfg.data, "train").num_classes
     torch.manual_seed(0)  # the same initial weights for every variant
-    model = build_model(cfg, num_classes).to(device).train()
+    model = build_model(cfg, num_classes)
+    if args.weights:
+        load_model_state(model, load_checkpoint(args.weights)["model"], args.weights)
+    model = model.to(device).train()
     if args.pooler == "torchvision":  # the models pool with hardmine.ops (docs/BENCHMARKS.md)
         head = model.heads["roi"]
         head.box_roi_pool = torchvision_pooler(head.box_roi_pool)
     return model, build_optimizer(model, cfg.solver)
+
+
+@torch.no_grad()
+def selection_agreement(model: nn.Module, batches: list, score_pass: str) -> float:
+    """The share of the RoIs OHEM selects with the exact read-only pass that it also selects with
+    `score_pass`, over `batches` (the same model, proposals and labels; BatchNorm statistics kept)."""
+    sampler = model.heads["roi"].sampler
+    select = sampler.select
+    chosen: list[list[set[int]]] = []
+
+    def recording(labels: list, candidates: Any, score_fn: Any) -> list:
+        results = select(labels, candidates, score_fn)
+        chosen.append([set(r.indices.tolist()) for r in results])
+        return results
+
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    sampler.select = recording
+    shared = total = 0
+    try:
+        for images, targets in batches:
+            for scoring in ("exact", score_pass):
+                sampler.score_pass = scoring
+                model(images, targets)
+            exact, cheap = chosen[-2], chosen[-1]
+            shared += sum(len(a & b) for a, b in zip(exact, cheap))
+            total += sum(len(a) for a in exact)
+    finally:
+        del sampler.select
+        sampler.score_pass = "exact"
+        model.load_state_dict({**model.state_dict(), **buffers})
+    return shared / max(total, 1)
 
 
 def _resident_kib(field: str) -> int:
@@ -110,13 +162,13 @@ def measure_memory(name: str, args: argparse.Namespace, queue: Any) -> None:
         queue.put((name, (_resident_kib("VmHWM") - before) / 1024))
 
 
-def peak_memory(args: argparse.Namespace) -> dict[str, float]:
+def peak_memory(args: argparse.Namespace, names: list[str]) -> dict[str, float]:
     """Each variant's peak training memory in MiB, measured in a fresh process of its own."""
     os.environ["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)  # inherited by the spawned children
     context = mp.get_context("spawn")
     queue = context.Queue()
     memory = {}
-    for name in VARIANTS:
+    for name in names:
         child = context.Process(target=measure_memory, args=(name, args, queue))
         child.start()
         child_name, mib = queue.get()
@@ -146,6 +198,13 @@ def main() -> None:
         default="hardmine",
         help="the RoI head's MultiScaleRoIAlign: hardmine.ops' (as the models build it) or torchvision's",
     )
+    parser.add_argument(
+        "--score-pass",
+        choices=["bf16", "coarse", "bf16_coarse"],
+        default=None,
+        help="also time OHEM with this cheaper read-only pass and measure its selection agreement",
+    )
+    parser.add_argument("--weights", default=None, help="start every model from this checkpoint's weights")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for all variants")
     args = parser.parse_args()
     if args.quick:
@@ -153,14 +212,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
 
-    memory = peak_memory(args)
-    models = {name: build(name, args, device) for name in VARIANTS}
+    names = [*VARIANTS, *(["ohem_cheap"] if args.score_pass else [])]
+    memory = peak_memory(args, names)
+    models = {name: build(name, args, device) for name in names}
     batches = make_batches(
         variant_config("random", args.batch_per_image, args.overrides), args.iters, args.batch_size, device
     )
     for model, optimizer in models.values():  # warm-up
         train_steps(model, optimizer, batches[:1], device)
-    names = list(VARIANTS)
     per_iter: dict[str, list[float]] = {name: [] for name in names}
     time_ratios, speedups = [], []
     for r in range(args.rounds):
@@ -192,6 +251,12 @@ def main() -> None:
     mem_ratio = memory["ohem"] / memory["random"]
     speedup = statistics.median(speedups)
     print(f"ohem_time_ratio={time_ratio:.3f} ohem_mem_ratio={mem_ratio:.3f} twopass_speedup={speedup:.2f}")
+    if args.score_pass:
+        cheap = statistics.median(a / b for a, b in zip(per_iter["ohem_cheap"], per_iter["random"]))
+        agreement = selection_agreement(models["ohem"][0], batches, args.score_pass)
+        print(
+            f"score_pass={args.score_pass} cheap_time_ratio={cheap:.3f} selection_agreement={agreement:.3f}"
+        )
 
 
 if __name__ == "__main__":

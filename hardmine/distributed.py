@@ -143,6 +143,11 @@ def process_group(backend: str, device: torch.device) -> Iterator[ProcessContext
             ) from exc
     try:
         yield ProcessContext(rank, local_rank, world, device, chosen)
+        if owner:
+            # Every process leaves together: a process tearing its group down while another still
+            # works with it (rank 0 evaluating, say) can abort in gloo's threads (SIGABRT,
+            # "terminate called without an active exception"; seen under load in the tests).
+            dist.barrier()
     finally:
         if owner and dist.is_initialized():
             dist.destroy_process_group()

@@ -46,6 +46,9 @@ COMMON = [
     "train.log_period=1",
     "train.checkpoint_period=2",
     "train.num_threads=1",
+    # the plain layout: with channels-last weights the float32 rounding of a batch of 4 against
+    # two of 2 moved a stem weight by 1.9e-4 (measured in the full suite), beyond TOLERANCE
+    "solver.channels_last=false",
 ]
 #: Parameters may differ by float32 rounding only: BatchNorm statistics summed per process, then
 #: over processes, and gradients averaged by all-reduce, instead of one sum over the combined

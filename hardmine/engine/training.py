@@ -163,8 +163,11 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 def _build_model(cfg: Config, data: TrainingData, run: distributed.ProcessContext, fresh: bool) -> nn.Module:
     """The model on this process's device; a `fresh` one (not resumed) with the sampling-free
-    priors and the `mining.start_from` weights; synchronized BatchNorm if asked for."""
+    priors and the `mining.start_from` weights; synchronized BatchNorm if asked for; channels-last
+    weights unless `solver.channels_last` is off."""
     model = build_model(cfg, data.train.num_classes).to(run.device)
+    if cfg.solver.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if fresh:  # a resumed run has these in its checkpoint
         # sampling-free bias and thresholds (segmentation: class weights); rank 0 first: it fills
         # the cache of dataset statistics

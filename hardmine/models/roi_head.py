@@ -29,11 +29,14 @@ thresholds (`class_score_thresh`, a buffer) that replace `score_thresh` at infer
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import MultiScaleRoIAlign, batched_nms
 
+from hardmine import ops
 from hardmine.losses.box import RegLoss, SmoothL1
 from hardmine.losses.classification import SOFTMAX, ClsLoss, CrossEntropy
 from hardmine.models.criterion import CriterionHead, HeadCriterion
@@ -126,21 +129,36 @@ class RoIHead(CriterionHead, nn.Module):
 
     @torch.no_grad()
     def predict_in_chunks(
-        self, features: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
+        self,
+        features: dict[str, Tensor],
+        boxes: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+        scoring: str = "exact",
     ) -> tuple[Tensor, Tensor]:
         """`predict` without autograd, `score_chunk_size` boxes at a time (in image order).
 
         The read-only pass of loss-ranking samplers runs over every candidate; in chunks its pooled
         features (K x C x 7 x 7 floats) never all exist at once, so it adds little to peak memory.
+        `scoring` (`hardmine.sampling.base.SCORING_PASSES`) may trade exactness for speed: "bf16"
+        runs the box head under bfloat16 autocast, "coarse" pools with one sampling point per bin;
+        the outputs are float32 either way.
         """
+        pool = self.box_roi_pool
+        if "coarse" in scoring:
+            pool = ops.MultiScaleRoIAlign.like(pool, sampling_ratio=1)
+        device = next(iter(features.values())).device.type
+        precision = torch.autocast(device, dtype=torch.bfloat16) if "bf16" in scoring else nullcontext()
         logits, deltas = [], []
-        for i, image_boxes in enumerate(boxes):
-            for chunk in image_boxes.split(self.score_chunk_size):
-                # RoIAlign takes one box list per image; the other images get none.
-                per_image = [chunk if j == i else chunk[:0] for j in range(len(boxes))]
-                chunk_logits, chunk_deltas = self.predict(features, per_image, image_shapes)
-                logits.append(chunk_logits)
-                deltas.append(chunk_deltas)
+        with precision:
+            for i, image_boxes in enumerate(boxes):
+                for chunk in image_boxes.split(self.score_chunk_size):
+                    # RoIAlign takes one box list per image; the other images get none.
+                    per_image = [chunk if j == i else chunk[:0] for j in range(len(boxes))]
+                    chunk_logits, chunk_deltas = self.box_predictor(
+                        self.box_head(pool(features, per_image, image_shapes))
+                    )
+                    logits.append(chunk_logits.float())
+                    deltas.append(chunk_deltas.float())
         if not logits:  # no boxes in any image
             return self.predict(features, boxes, image_shapes)
         return torch.cat(logits), torch.cat(deltas)
@@ -175,7 +193,7 @@ class RoIHead(CriterionHead, nn.Module):
         def outputs(indices: list[Tensor] | None) -> tuple[Tensor, Tensor]:
             """The head over the chosen candidates (all: None); in chunks without autograd."""
             if indices is None and not torch.is_grad_enabled():
-                return self.predict_in_chunks(features, candidates, image_shapes)
+                return self.predict_in_chunks(features, candidates, image_shapes, self.sampler.scoring)
             boxes = candidates if indices is None else [c[i] for c, i in zip(candidates, indices)]
             return self.predict(features, boxes, image_shapes)
 

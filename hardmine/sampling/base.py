@@ -135,6 +135,12 @@ def assign_labels(candidates: Candidates, thresholds: IoUThresholds) -> list[Ten
     return out
 
 
+#: The read-only scoring passes a head can run: "exact"; "bf16" (the box head under bfloat16
+#: autocast, RoIAlign in float32); "coarse" (RoIAlign with one sampling point per bin instead of the
+#: head's sampling_ratio); "bf16_coarse" (both).
+SCORING_PASSES = ("exact", "bf16", "coarse", "bf16_coarse")
+
+
 @dataclass
 class Sampler(ABC):
     """Chooses which candidates train a head. Subclasses set `name` and implement `select`; their
@@ -163,6 +169,13 @@ class Sampler(ABC):
         selected candidates only; True runs it over every candidate and zeroes the losses of the
         unselected ones (one pass instead of a read-only pass plus a trainable one)."""
         return False
+
+    @property
+    def scoring(self) -> str:
+        """How a head computes the losses `score_fn` returns (loss-ranking samplers): "exact" (the
+        trained model's own forward), or a cheaper approximation a sampler may opt into (see
+        `SCORING_PASSES`)."""
+        return "exact"
 
     def __call__(self, candidates: Candidates, score_fn: ScoreFn | None = None) -> list[SampleResult]:
         if self.needs_scores and score_fn is None:

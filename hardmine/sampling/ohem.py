@@ -37,6 +37,7 @@ from torchvision.ops import batched_nms
 
 from hardmine.options import opt, require
 from hardmine.sampling.base import (
+    SCORING_PASSES,
     CandidateLosses,
     Candidates,
     IoUThresholds,
@@ -82,6 +83,13 @@ class OHEMSampler(Sampler):
         MODES,
     )
 
+    score_pass: str = opt(
+        "exact",
+        "the read-only pass that ranks the RoIs: exact, or cheaper (opt-in): bf16 box head, coarse "
+        "RoIAlign (1 sampling point per bin), bf16_coarse; RoI heads only (docs/hard-sampling.md)",
+        SCORING_PASSES,
+    )
+
     name: ClassVar[str] = "ohem"
     needs_scores = True
     paper_bg_iou_lo = 0.0
@@ -101,6 +109,10 @@ class OHEMSampler(Sampler):
     @property
     def trains_by_loss_mask(self) -> bool:
         return self.mode == "loss_mask"
+
+    @property
+    def scoring(self) -> str:
+        return self.score_pass
 
     def select(
         self, labels: list[Tensor], candidates: Candidates, score_fn: ScoreFn | None

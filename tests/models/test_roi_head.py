@@ -212,6 +212,44 @@ def test_read_only_pass_in_chunks_scores_like_one_pass():
         _head(Recorder(), score_chunk_size=0)
 
 
+def test_cheaper_scoring_passes_approximate_the_exact_one():
+    head = _head(RandomSampler())
+    features, boxes = _features(), PROPOSALS
+    exact = head.predict(features, boxes, SHAPES)
+    for a, b in zip(head.predict_in_chunks(features, boxes, SHAPES), exact):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    # coarse: the same head over RoIAlign with one sampling point per bin
+    coarse = head.predict_in_chunks(features, boxes, SHAPES, "coarse")
+    one_point = _head(RandomSampler())
+    one_point.box_roi_pool = MultiScaleRoIAlign(["0"], 7, 1)
+    for a, b in zip(coarse, one_point.predict(features, boxes, SHAPES)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert not torch.allclose(coarse[0], exact[0], rtol=0, atol=1e-6)
+    # bf16: float32 outputs within bfloat16 rounding of the exact ones (8 bits of mantissa)
+    for scoring in ("bf16", "bf16_coarse"):
+        logits, deltas = head.predict_in_chunks(features, boxes, SHAPES, scoring)
+        assert logits.dtype == deltas.dtype == torch.float32
+        reference = exact if scoring == "bf16" else coarse
+        torch.testing.assert_close(logits, reference[0], rtol=0.05, atol=0.02)
+        assert not torch.equal(logits, reference[0])
+
+
+def test_ohem_asks_its_head_for_the_configured_scoring_pass():
+    from hardmine.sampling.ohem import OHEMSampler
+
+    assert RandomSampler().scoring == "exact"
+    assert OHEMSampler().scoring == "exact"
+    head = _head(OHEMSampler(batch_size_per_image=2, score_pass="bf16_coarse"))
+    asked = []
+    original = head.predict_in_chunks
+    head.predict_in_chunks = lambda *args: asked.append(args[-1]) or original(*args)
+    head.train()
+    losses = head(_features(), PROPOSALS, SHAPES, TARGETS)[1]
+    assert asked == ["bf16_coarse"] and all(torch.isfinite(v) for v in losses.values())
+    with pytest.raises(ValueError, match="score_pass"):
+        OHEMSampler(score_pass="fp8")
+
+
 # --- softmax focal and balanced L1 ------------------------------------------------------------------
 
 

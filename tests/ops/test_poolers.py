@@ -129,16 +129,33 @@ def test_like_copies_a_torchvision_poolers_settings_and_state():
     assert torch.allclose(ours(features, boxes, [(320, 320)] * 2), expected, rtol=0, atol=1e-12)
 
 
-def test_other_dtypes_use_torchvisions_forward(monkeypatch):
-    def fail(*args, **kwargs):
-        raise AssertionError("hardmine's kernel must not run")
-
-    monkeypatch.setattr(poolers, "pool_levels", fail)
-    features = OrderedDict((k, v.half()) for k, v in pyramid(320).items())
-    boxes = [b.half() for b in boxes_of_all_sizes(320)]
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_maps_are_pooled_in_float32_and_cast_back(dtype):
+    features = OrderedDict((k, v.to(dtype)) for k, v in pyramid(320).items())
+    boxes = [b.to(dtype) for b in boxes_of_all_sizes(320)]
     ours = MultiScaleRoIAlign(NAMES, 3, 2)(features, boxes, [(320, 320)] * 2)
-    theirs = TorchvisionMultiScaleRoIAlign(NAMES, 3, 2)(features, boxes, [(320, 320)] * 2)
-    assert torch.equal(ours, theirs)
+    full = OrderedDict((k, v.float()) for k, v in features.items())
+    expected = TorchvisionMultiScaleRoIAlign(NAMES, 3, 2)(full, [b.float() for b in boxes], [(320, 320)] * 2)
+    assert ours.dtype == dtype
+    assert torch.equal(ours, expected.to(dtype))
+
+
+def test_bf16_autocast_pools_through_hardmines_kernel(monkeypatch):
+    calls = []
+    original = poolers.pool_levels
+
+    def counting(*args, **kwargs):
+        calls.append(args[0][0].dtype)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(poolers, "pool_levels", counting)
+    features, boxes = pyramid(320, dtype=torch.float32), boxes_of_all_sizes(320, dtype=torch.float32)
+    conv = torch.nn.Conv2d(3, 3, 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        maps = OrderedDict((k, conv(v)) for k, v in features.items())
+        out = MultiScaleRoIAlign(NAMES, 3, 2)(maps, boxes, [(320, 320)] * 2)
+    assert maps["0"].dtype == torch.bfloat16 and out.dtype == torch.bfloat16
+    assert calls == [torch.float32]
 
 
 @settings(max_examples=25, deadline=None)
