@@ -47,26 +47,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from hardmine.engine.coco_eval import format_metrics_table
-    from hardmine.engine.evaluation import evaluate_checkpoint
+    from hardmine.engine.tasks import task_of_checkpoint
 
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
-    metrics, path = evaluate_checkpoint(args.checkpoint, args.overrides, out)
+    task = task_of_checkpoint(args.checkpoint)  # detection: COCO / VOC AP; segmentation: mIoU
+    metrics, path = task.evaluate_checkpoint(args.checkpoint, args.overrides, out)
     print(format_metrics_table(metrics))
     print(f"metrics written to {path}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from hardmine.engine.coco_eval import write_coco_results
-    from hardmine.engine.inference import predict_checkpoint
-    from hardmine.report.draw import draw_predictions
+    from hardmine.engine.tasks import task_of_checkpoint
 
-    index, predictions = predict_checkpoint(args.checkpoint, args.overrides, [Path(p) for p in args.images])
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results_path = write_coco_results(out / "results.json", index, predictions)
-    drawn = draw_predictions(index, predictions, out, args.score_thresh, args.max_images)
-    print(f"{len(predictions)} images: detections in {results_path}, {drawn} drawings in {out}")
+    task = task_of_checkpoint(args.checkpoint)  # detection: boxes drawn; segmentation: masks drawn
+    images = [Path(p) for p in args.images]
+    print(
+        task.predict(
+            args.checkpoint, args.overrides, images, Path(args.out), args.score_thresh, args.max_images
+        )
+    )
     return 0
 
 
@@ -251,13 +251,16 @@ EVAL_DESCRIPTION = (
     "Evaluate a checkpoint. KEY=VALUE overrides the checkpoint's config "
     "(e.g. data.val=PATH eval.metric=both). Multi-scale / flip testing: eval.scales=[256,320,416] "
     "eval.hflip=true eval.merge=nms|vote; iterative box regression (two-stage): "
-    "roi_head.iterative.rounds=1 (see docs/test-time-and-mining.md)."
+    "roi_head.iterative.rounds=1 (see docs/test-time-and-mining.md). A segmentation model is "
+    "scored by mIoU, per-class IoU and pixel accuracy (docs/segmentation.md)."
 )
 
 PREDICT_DESCRIPTION = (
     "Predict on IMAGES, or on data.val when no image is given. KEY=VALUE overrides the "
     "checkpoint's config, e.g. eval.scales=[256,320,416] eval.hflip=true (multi-scale / flip "
-    "testing) or roi_head.iterative.rounds=1."
+    "testing) or roi_head.iterative.rounds=1. A segmentation model (model.arch=fcn or deeplabv3) "
+    "draws its predicted masks instead (beside the ground truth on data.val) and writes them as "
+    "label PNGs to OUT/masks/."
 )
 
 MINE_DESCRIPTION = (
@@ -526,7 +529,7 @@ def commands() -> tuple[Command | Group, ...]:
         ),
         Command(
             "predict",
-            "write COCO results JSON and PNGs with the boxes drawn",
+            "write COCO results JSON and PNGs with the boxes drawn (segmentation: the masks)",
             cmd_predict,
             _predict_args,
             description=PREDICT_DESCRIPTION,

@@ -43,6 +43,8 @@ from hardmine.models.merge import MERGE_METHODS
 from hardmine.models.torchvision_detectors import TORCHVISION_DETECTORS, check_torchvision_detector
 from hardmine.options import component, opt
 from hardmine.sampling import SAMPLERS, IoUThresholds, NoSampler, RandomSampler, Sampler
+from hardmine.segmentation.pixel_losses import PIXEL_LOSSES, PixelCrossEntropy, PixelLoss
+from hardmine.segmentation.pixel_sampling import PIXEL_SAMPLERS, AllPixels, PixelSampler
 
 
 def guided_loss_opt() -> Any:
@@ -87,7 +89,12 @@ def reg_loss_opt(default: Any, what: str = "box regression loss (foreground only
     return component(default, what, REG_LOSSES)
 
 
-ARCHS = ("faster_rcnn", "fast_rcnn", "retinanet")
+DETECTION_ARCHS = ("faster_rcnn", "fast_rcnn", "retinanet")
+#: Semantic segmentation heads (torchvision's FCNHead, DeepLabHead) over the same backbones.
+SEGMENTATION_ARCHS = ("fcn", "deeplabv3")
+ARCHS = DETECTION_ARCHS + SEGMENTATION_ARCHS
+#: `data.augment` steps that move a semantic mask with the image (the others move boxes only).
+SEGMENTATION_AUGMENT_STEPS = ("hflip", "color_jitter")
 #: Training augmentation steps (`data.augment`), in the order a pipeline applies them
 #: (`hardmine.data.transforms`).
 AUGMENT_STEPS = ("hflip", "color_jitter", "scale_jitter", "iou_crop")
@@ -100,7 +107,10 @@ BIAS_INITS = ("default", "dataset")
 @dataclass
 class ModelConfig:
     arch: str = opt(
-        "faster_rcnn", "detector: Faster R-CNN, Fast R-CNN (needs proposal files) or RetinaNet", ARCHS
+        "faster_rcnn",
+        "detector: Faster R-CNN, Fast R-CNN (needs proposal files) or RetinaNet; or semantic "
+        "segmentation: an FCN or DeepLabV3 head (seg_head.*; docs/segmentation.md)",
+        ARCHS,
     )
     backbone: str = opt("tiny", "feature extractor; 'tiny' is a small CPU-friendly net", BACKBONE_NAMES)
     pretrained: bool = opt(
@@ -252,6 +262,33 @@ class DenseHeadConfig(HeadConfig):
     nms_thresh: float = opt(0.5, "per-class NMS IoU threshold at inference")
     detections_per_img: int = opt(100, "detections kept per image")
     topk_candidates: int = opt(1000, "best anchors per level considered at inference")
+
+
+#: `seg_head.normalizer` choices: what the summed loss of the kept pixels is divided by.
+SEG_NORMALIZERS = ("kept", "all")
+
+
+@dataclass
+class SegHeadConfig:
+    """The semantic segmentation head (model.arch=fcn or deeplabv3): its pixel loss, the pixel
+    sampler that chooses which pixels count (pixel OHEM), and the head's shape."""
+
+    loss: PixelLoss = component(PixelCrossEntropy, "per-pixel loss", PIXEL_LOSSES)
+    sampler: PixelSampler = component(
+        AllPixels,
+        "which pixels count in the loss (none = every pixel not ignored; pixel OHEM)",
+        PIXEL_SAMPLERS,
+    )
+    normalizer: str = opt(
+        "kept",
+        "the kept pixels' summed loss is divided by their number, or by all pixels of the batch "
+        "(mmsegmentation's avg_non_ignore=False: scales the loss by the kept share)",
+        SEG_NORMALIZERS,
+    )
+    feature_level: int = opt(0, "the FPN level the head reads: 0 = the finest (stride 8), 1 = stride 16, ...")
+    atrous_rates: list[int] = opt(
+        [12, 24, 36], "deeplabv3: the ASPP dilation rates (torchvision's DeepLabHead: 12, 24, 36)"
+    )
 
 
 #: `data.on_invalid` policies and `data.check_images` modes (`hardmine.data.check.IMAGE_CHECKS`).
@@ -444,6 +481,7 @@ class Config:
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi_head: RoIHeadConfig = field(default_factory=RoIHeadConfig)
     dense_head: DenseHeadConfig = field(default_factory=DenseHeadConfig)
+    seg_head: SegHeadConfig = field(default_factory=SegHeadConfig)
     data: DataConfig = field(default_factory=DataConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -656,8 +694,47 @@ def validate(cfg: Config) -> None:
     if cfg.model.arch == "fast_rcnn":
         _require(bool(cfg.data.train_proposals), "data.train_proposals", "Fast R-CNN needs a proposals file")
     _validate_test_time_and_mining(cfg)
-    if cfg.model.torchvision_detector:
+    if cfg.model.arch in SEGMENTATION_ARCHS:
+        _validate_segmentation(cfg)
+    elif cfg.model.torchvision_detector:
         check_torchvision_detector(cfg.to_dict(), Config().to_dict())
+
+
+def _validate_segmentation(cfg: Config) -> None:
+    """What a segmentation model (model.arch=fcn or deeplabv3) needs, and the detection options it
+    cannot honour: an error rather than an option silently ignored."""
+    arch = f"model.arch={cfg.model.arch}"
+    s = cfg.seg_head
+    _require(s.feature_level >= 0, "seg_head.feature_level", "must be >= 0")
+    _require(
+        bool(s.atrous_rates) and all(r > 0 for r in s.atrous_rates),
+        "seg_head.atrous_rates",
+        f"needs positive dilation rates, got {s.atrous_rates}",
+    )
+    _require(
+        cfg.model.arch != "deeplabv3" or cfg.data.batch_size >= 2,
+        "data.batch_size",
+        f"{arch} needs >= 2 images per process: the image-pooling branch of DeepLab's ASPP has "
+        "BatchNorm over 1x1 features, which a batch of one cannot normalise",
+    )
+    moving = [step for step in cfg.data.augment if step not in SEGMENTATION_AUGMENT_STEPS]
+    _require(
+        not moving,
+        "data.augment",
+        f"{arch}: {', '.join(moving)} move(s) boxes only, not the semantic mask; use "
+        f"{' and '.join(SEGMENTATION_AUGMENT_STEPS)}",
+    )
+    unsupported = {
+        "data.mixup_prob": cfg.data.mixup_prob > 0,
+        "model.torchvision_detector": bool(cfg.model.torchvision_detector),
+        "data.train_proposals": bool(cfg.data.train_proposals),
+        "mining.file": bool(cfg.mining.file),
+        "mining.rounds": cfg.mining.rounds > 0,
+        "eval.scales": bool(cfg.eval.scales),
+        "eval.hflip": cfg.eval.hflip,
+    }
+    for key, used in unsupported.items():
+        _require(not used, key, f"is a detection option; {arch} (segmentation) has no such step")
 
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -772,6 +849,12 @@ def describe_options() -> str:
     )
     lines += options.describe_choices(
         "Box losses (HEAD.reg_loss=NAME; options HEAD.reg_loss.OPTION):", REG_LOSSES
+    )
+    lines += options.describe_choices(
+        "Pixel losses (seg_head.loss=NAME; options seg_head.loss.OPTION):", PIXEL_LOSSES
+    )
+    lines += options.describe_choices(
+        "Pixel samplers (seg_head.sampler=NAME; options seg_head.sampler.OPTION):", PIXEL_SAMPLERS
     )
     return "\n".join(lines).lstrip("\n")
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from hardmine.config import (
+    SEGMENTATION_ARCHS,
     Config,
     config_from_dict,
     describe_options,
@@ -16,6 +17,8 @@ from hardmine.errors import ConfigError
 from hardmine.losses import BCE, CLS_LOSSES, REG_LOSSES, CrossEntropy, SigmoidFocal, SmoothL1
 from hardmine.options import option_fields
 from hardmine.sampling import SAMPLERS, IoUThresholds, NoSampler, OHEMSampler, RandomSampler
+from hardmine.segmentation.pixel_losses import PixelFocal
+from hardmine.segmentation.pixel_sampling import OhemThreshold, OhemTopK
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -290,6 +293,9 @@ def test_every_preset_builds_its_model(path):
     overrides = ["data.train_proposals=x.pt"] if "fast_rcnn" in path.name else []
     cfg = load_config(path, overrides)
     model = build_model(cfg, num_classes=3)
+    if cfg.model.arch in SEGMENTATION_ARCHS:  # a segmentation model: its pixel loss and sampler
+        assert model.sampler == cfg.seg_head.sampler and model.criterion.loss.declaration == cfg.seg_head.loss
+        return
     sections = {"roi": cfg.roi_head, "rpn": cfg.rpn, "dense": cfg.dense_head}
     for name, head in model.heads.items():
         section = sections[name]
@@ -477,3 +483,46 @@ def test_the_configuration_docs_name_every_sampler_loss_and_preset():
         assert f"| `{name}`" in text, name
     for path in [*CONFIGS.glob("*.yaml"), *CONFIGS.glob("coco/*.yaml")]:
         assert f"configs/{path.relative_to(CONFIGS)}" in text, path
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["seg_head.sampler=ohem", "seg_head.sampler.thresh=0"],
+            "seg_head.sampler.thresh: must be in (0, 1]",
+        ),
+        (["seg_head.sampler={name: topk, fraction: 1.5}"], "seg_head.sampler.fraction: must be in (0, 1]"),
+        (["seg_head.sampler.min_kept=5"], "'min_kept' is not an option of seg_head.sampler='none'"),
+        (
+            ["seg_head.loss=dice"],
+            "seg_head.loss='dice' is not allowed; choose from ce, focal, class_balanced",
+        ),
+        (["seg_head.loss=focal", "seg_head.loss.alpha=2"], "seg_head.loss.alpha: must be in [0, 1] or null"),
+        (["seg_head.normalizer=sum"], "seg_head.normalizer='sum' is not allowed; choose from kept, all"),
+        (["seg_head.feature_level=-1"], "seg_head.feature_level: must be >= 0"),
+        (["seg_head.atrous_rates=[]"], "seg_head.atrous_rates: needs positive dilation rates"),
+        (["data.augment=[hflip,iou_crop]"], "data.augment: model.arch=fcn: iou_crop move(s) boxes only"),
+        (["data.mixup_prob=0.5"], "data.mixup_prob: is a detection option; model.arch=fcn (segmentation)"),
+        (["eval.hflip=true"], "eval.hflip: is a detection option"),
+        (["model.arch=deeplabv3", "data.batch_size=1"], "data.batch_size: model.arch=deeplabv3 needs >= 2"),
+    ],
+)
+def test_segmentation_options_are_checked_and_named(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(CONFIGS / "segmentation_tiny.yaml", overrides)
+    assert message in str(info.value)
+
+
+def test_segmentation_sampler_and_loss_choices_keep_their_sources_defaults():
+    cfg = load_config(CONFIGS / "segmentation_tiny.yaml", ["seg_head.sampler=ohem", "seg_head.loss=focal"])
+    assert cfg.seg_head.sampler == OhemThreshold(thresh=0.7, min_kept=100_000, min_kept_area=512 * 1024)
+    assert cfg.seg_head.loss == PixelFocal(gamma=2.0, alpha=None)
+    assert config_from_dict(cfg.to_dict()) == cfg
+    assert cfg.to_dict()["seg_head"]["sampler"] == {
+        "name": "ohem",
+        "thresh": 0.7,
+        "min_kept": 100_000,
+        "min_kept_area": 524_288,
+    }
+    assert load_config(CONFIGS / "segmentation_topk.yaml").seg_head.sampler == OhemTopK(fraction=0.2)

@@ -333,3 +333,33 @@ def test_two_stage_normalisers_count_the_global_batch(driver, data_dir, tmp_path
     assert one.keys() == two.keys()
     for key in one:
         torch.testing.assert_close(two[key], one[key], **TOLERANCE, msg=lambda m, k=key: f"{k}: {m}")
+
+
+def test_a_segmentation_model_trains_under_torchrun_and_its_sharded_miou_is_the_whole_sets(
+    data_dir, tmp_path
+):
+    """Two processes train the segmentation model (pixel OHEM); the evaluation at the end, each
+    process on half of the images with torchmetrics summing their states, gives the metrics one
+    process computes on every image with the same weights."""
+    out = tmp_path / "seg"
+    preset = Path(__file__).parents[1] / "configs" / "segmentation_tiny.yaml"
+    overrides = ["model.min_size=128", "model.max_size=128", "solver.max_iter=3", "train.progress=false"]
+    _torchrun(
+        out,
+        "-m",
+        "hardmine",
+        "train",
+        str(preset),
+        *overrides,
+        *_data(data_dir),
+        "seg_head.sampler=ohem",
+        f"output_dir={out}",
+    )
+    distributed_metrics = json.loads((out / "metrics.json").read_text())
+    assert distributed_metrics["world_size"] == 2
+    assert float(_log(out)[-1]["seg/num_kept"]) > 0
+    from hardmine.engine.tasks import SEGMENTATION
+
+    single, _ = SEGMENTATION.evaluate_checkpoint(out / "model_final.pt", [], tmp_path / "eval")
+    for key, value in single.items():
+        assert distributed_metrics[key] == pytest.approx(value, nan_ok=True), key

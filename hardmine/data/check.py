@@ -12,7 +12,7 @@ With `masks=True` the semantic masks are checked too: the readers check COCO seg
 (malformed polygons or RLE), and the label PNGs are read here (missing, unreadable, not
 single-channel, another size than the image, values neither a label nor 255). A mask problem is an
 error of its image: skipping drops the image. Detection training does not read masks and does not
-check them.
+check them; segmentation training checks them (`load_checked_splits(..., masks=True)`).
 
 Errors make a record (or the whole dataset) unusable; warnings never stop anything.
 """

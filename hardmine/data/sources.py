@@ -73,15 +73,18 @@ def split_source(data: DataConfig, split: str) -> SplitSource:
     return SplitSource(Path(path), data.image_root or None, voc_split, data.class_names or None)
 
 
-def resolve_split(data: DataConfig, split: str, say: Callable[[str], None] | None = None) -> DatasetIndex:
+def resolve_split(
+    data: DataConfig, split: str, say: Callable[[str], None] | None = None, masks: bool = False
+) -> DatasetIndex:
     """The dataset of `split` ("train" or "val") as configured. Any invalid record is a DataError,
     unless `data.on_invalid=skip`: then the split is checked as for training and the invalid images
     and annotations are left out (`say`ing what was dropped; default: to stderr), so that `eval`,
-    `predict` etc. see the dataset a run was trained and evaluated on."""
+    `predict` etc. see the dataset a run was trained and evaluated on. `masks`: read (and check)
+    the semantic masks too (segmentation)."""
     source = split_source(data, split)
     if data.on_invalid != "skip":
-        return load_dataset(source.path, **source.options())
-    check = check_dataset(source.path, **source.options(), images=data.check_images)
+        return load_dataset(source.path, **source.options(), masks=masks)
+    check = check_dataset(source.path, **source.options(), images=data.check_images, masks=masks)
     if check.fatal:
         raise DataError(_error_block(f"data.{split} {check.path}", str(check.path), check.fatal))
     return _usable(check, split, say or _print)
@@ -92,17 +95,18 @@ def _print(text: str) -> None:
 
 
 def load_checked_splits(
-    data: DataConfig, say: Callable[[str], None] = _print
+    data: DataConfig, say: Callable[[str], None] = _print, masks: bool = False
 ) -> tuple[DatasetIndex, DatasetIndex]:
     """The training and validation sets, checked first as `hardmine data check` would (image files
     as `data.check_images` says), then handled as `data.on_invalid` says: `stop` raises one
     DataError listing the errors; `skip` leaves out the invalid images and annotations and `say`s
     what it dropped. Errors about a dataset as a whole (malformed file, no images, categories that
-    differ between the splits) stop training under either policy. Warnings are `say`d."""
+    differ between the splits) stop training under either policy. Warnings are `say`d. `masks`:
+    the semantic masks are read and checked too (segmentation; a bad mask is an error of its image)."""
     checks = {}
     for split in ("train", "val"):
         source = split_source(data, split)
-        checks[split] = check_dataset(source.path, **source.options(), images=data.check_images)
+        checks[split] = check_dataset(source.path, **source.options(), images=data.check_images, masks=masks)
     pair = check_pair(checks["train"], checks["val"])
     blocks = []
     for split, check in checks.items():

@@ -41,13 +41,18 @@ from hardmine.engine.evaluation import (
 from hardmine.engine.logging import MetricLogger
 from hardmine.engine.trainer import Hook, Stop, Trainer, TrainResult, print_to_stderr
 
-#: Metrics of an evaluation during training that go into log.csv (as eval/KEY) and TensorBoard.
+#: Metrics of an evaluation during training that go into log.csv (as eval/KEY) and TensorBoard
+#: (detection's; `engine.tasks.Task.logged_metrics` says each task's).
 LOGGED_METRICS = ("AP", "AP50")
 
 
 def head_diagnostics(model: nn.Module) -> dict[str, float]:
     """fg/bg counts and the fg share of the classification loss of every sampling head, plus what
-    its sampler reports (`Sampler.last_stats`)."""
+    its sampler reports (`Sampler.last_stats`); a model with its own `diagnostics()` (segmentation:
+    kept pixels, fg loss share) reports those instead."""
+    own = getattr(model, "diagnostics", None)
+    if callable(own):
+        return dict(own())
     out: dict[str, float] = {}
     for name, head in getattr(model, "heads", {}).items():
         stats = getattr(head, "last_stats", {})
@@ -263,16 +268,18 @@ class Evaluation(Hook):
         period: int,
         at_end: bool,
         resume_from: int | None,
+        logged: tuple[str, ...] = LOGGED_METRICS,
     ) -> None:
         self.evaluate, self.out_dir, self.period, self.at_end = evaluate, out_dir, period, at_end
         self.resume_from = resume_from
+        self.logged = logged
         self.history: list[dict[str, Any]] = []
         self.is_main = True
 
     @property
     def columns(self) -> tuple[str, ...]:
         """The log columns it fills."""
-        return tuple(f"eval/{key}" for key in LOGGED_METRICS) if self.period else ()
+        return tuple(f"eval/{key}" for key in self.logged) if self.period else ()
 
     def before_train(self, trainer: Trainer) -> None:
         self.is_main = trainer.run.is_main
@@ -303,10 +310,10 @@ class Evaluation(Hook):
             return  # the final evaluation covers the last iteration
         with trainer.paused(), rng_kept(trainer.run.device):
             metrics = self.evaluate(None, detections_file(self.out_dir, it))
-        logged = {f"eval/{key}": metrics[key] for key in LOGGED_METRICS if key in metrics}
+        logged = {f"eval/{key}": metrics[key] for key in self.logged if key in metrics}
         trainer.scalars.update(logged)
         if self.is_main:
-            shown = ", ".join(f"{key} {100 * metrics[key]:.1f}" for key in LOGGED_METRICS if key in metrics)
+            shown = ", ".join(f"{key} {100 * metrics[key]:.1f}" for key in self.logged if key in metrics)
             trainer.say(f"iteration {it}: evaluated on data.val: {shown}")
         self._record(it, metrics)
 

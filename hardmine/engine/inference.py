@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from hardmine.config import Config, apply_overrides, config_from_dict
+from hardmine.config import SEGMENTATION_ARCHS, Config, apply_overrides, config_from_dict
 from hardmine.data.dataset import DetectionDataset, collate_detection
 from hardmine.data.loading import index_of_images
 from hardmine.data.records import Category, DatasetIndex
@@ -48,15 +48,26 @@ def load_trained(
     return cfg, model, payload, device
 
 
+def require_detector(cfg: Config, checkpoint: str | Path, command: str) -> None:
+    """HardmineError unless the checkpoint's model is a detector (`command` works on boxes)."""
+    if cfg.model.arch in SEGMENTATION_ARCHS:
+        raise HardmineError(
+            f"{checkpoint} holds a segmentation model (model.arch={cfg.model.arch}); hardmine {command} "
+            "works on detectors (segmentation: hardmine eval, hardmine predict, hardmine compare's gallery)"
+        )
+
+
 def trained_categories(payload: dict[str, Any]) -> list[Category]:
     """The categories a checkpoint's model was trained on, in label order."""
     return [Category(id=c["id"], name=c["name"], label=c["label"]) for c in payload["categories"]]
 
 
-def checked_split(cfg: Config, payload: dict[str, Any], split: str, checkpoint: str | Path) -> DatasetIndex:
-    """`split` ("train" or "val") of `cfg.data`, which must have the categories (ids and names, in
-    order) that `checkpoint`, whose `payload` this is, was trained on."""
-    index = resolve_split(cfg.data, split)
+def checked_split(
+    cfg: Config, payload: dict[str, Any], split: str, checkpoint: str | Path, masks: bool = False
+) -> DatasetIndex:
+    """`split` ("train" or "val") of `cfg.data` (with its semantic masks if `masks`), which must have
+    the categories (ids and names, in order) that `checkpoint`, whose `payload` this is, was trained on."""
+    index = resolve_split(cfg.data, split, masks=masks)
     trained = [(c.id, c.name) for c in trained_categories(payload)]
     data = [(c.id, c.name) for c in index.categories]
     if trained != data:
@@ -149,6 +160,7 @@ def propose_checkpoint(
     """The RPN proposals of a Faster R-CNN checkpoint on `split` of its data: the dataset and, per
     image id, the `top_n` best "boxes" and "scores" (for a Fast R-CNN proposals file)."""
     cfg, model, payload, device = load_trained(checkpoint, overrides)
+    require_detector(cfg, checkpoint, "proposals")
     if getattr(model, "rpn", None) is None:
         raise HardmineError(
             f"{checkpoint} has no RPN (model.arch={cfg.model.arch}); use a Faster R-CNN model"

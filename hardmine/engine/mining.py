@@ -35,7 +35,13 @@ from torchvision.ops import box_iou, nms
 
 from hardmine.data.records import DatasetIndex, ImageRecord
 from hardmine.engine.checkpoint import atomic_write
-from hardmine.engine.inference import Predictions, checked_split, load_trained, predict_dataset
+from hardmine.engine.inference import (
+    Predictions,
+    checked_split,
+    load_trained,
+    predict_dataset,
+    require_detector,
+)
 from hardmine.engine.proposals import load_split_proposals
 from hardmine.errors import DataError
 from hardmine.models.matching import IGNORE_IOF, intersection_over_foreground
@@ -149,6 +155,7 @@ def mine_checkpoint(
     data.train, or on the dataset `data`, to the hard-negative file `out`; with `merge_with` (a
     hard-negative file of the same dataset) its regions are kept too (`merge_mined`)."""
     cfg, model, payload, device = load_trained(checkpoint, overrides)
+    require_detector(cfg, checkpoint, "mine")
     if data:
         cfg.data.train = data
     index = checked_split(cfg, payload, "train", checkpoint)

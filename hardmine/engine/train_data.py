@@ -21,12 +21,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from hardmine import distributed
 from hardmine.config import Config
 from hardmine.data.dataset import DetectionDataset, collate_detection
-from hardmine.data.mixup import MixupOptions
 from hardmine.data.records import DatasetIndex
 from hardmine.data.sources import load_checked_splits
-from hardmine.data.transforms import AugmentOptions
 from hardmine.engine.mining import load_hard_negatives
 from hardmine.engine.proposals import load_split_proposals
+from hardmine.engine.tasks import task_of
 from hardmine.errors import HardmineError
 
 
@@ -47,17 +46,18 @@ def _silent(text: str) -> None:
 def load_training_data(cfg: Config, run: distributed.ProcessContext) -> TrainingData:
     """The data of a run, both splits checked first (rank 0 first: it may generate the built-in
     dataset, which the others then read; it alone prints the warnings)."""
+    masks = task_of(cfg).masks  # segmentation: the semantic masks are read and checked too
     with distributed.main_process_first("the data check"):
-        train, val = (
-            load_checked_splits(cfg.data) if run.is_main else load_checked_splits(cfg.data, say=_silent)
-        )
+        quiet = {} if run.is_main else {"say": _silent}
+        train, val = load_checked_splits(cfg.data, masks=masks, **quiet)
     proposals = load_split_proposals(cfg, "train", train)
     hard_negatives = load_hard_negatives(cfg.mining.file, train) if cfg.mining.file else None
     return TrainingData(train, val, proposals, hard_negatives)
 
 
 class EpochIndexed(Dataset):
-    """Wraps a DetectionDataset so each sample index carries its epoch (seeds its augmentation)."""
+    """Wraps a DetectionDataset (or a SegmentationDataset) so each sample index carries its epoch
+    (seeds its augmentation)."""
 
     def __init__(self, dataset: DetectionDataset) -> None:
         self.dataset = dataset
@@ -136,16 +136,9 @@ def training_loader(
         rank=run.rank,
         world_size=run.world_size,
     )
-    dataset = DetectionDataset(
-        data.train,
-        train=True,
-        hflip_prob=cfg.data.hflip_prob,
-        seed=cfg.train.seed,
-        proposals=data.proposals,
-        hard_negatives=data.hard_negatives,
-        augment=AugmentOptions.from_config(cfg.data),
-        # mixup stops for the last data.mixup_off_last_epochs epochs of the batch sampler's epochs
-        mixup=MixupOptions.from_config(cfg.data, cfg.solver.max_iter, batches.per_epoch),
+    # detection: boxes (mixup, proposals, mined regions); segmentation: the masks too
+    dataset = task_of(cfg).training_dataset(
+        cfg, data.train, data.proposals, data.hard_negatives, batches.per_epoch
     )
     return DataLoader(
         EpochIndexed(dataset),

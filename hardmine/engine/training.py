@@ -34,8 +34,7 @@ from hardmine.engine.checkpoint import (
     load_model_state,
     remove_stale_temporaries,
 )
-from hardmine.engine.dataset_priors import apply_dataset_priors
-from hardmine.engine.evaluation import EVAL_HISTORY_FILE, evaluate_model
+from hardmine.engine.evaluation import EVAL_HISTORY_FILE
 from hardmine.engine.hooks import (
     Evaluation,
     MetricLogging,
@@ -50,6 +49,7 @@ from hardmine.engine.resume import check_resumable, checkpoint_to_resume
 from hardmine.engine.schedule import build_optimizer, build_scheduler
 from hardmine.engine.shapes import RandomShapes
 from hardmine.engine.sync_bn import convert_sync_batchnorm
+from hardmine.engine.tasks import task_of
 from hardmine.engine.train_data import TrainingData, load_training_data, training_loader
 from hardmine.engine.trainer import Hook, Trainer, TrainResult
 from hardmine.errors import ConfigError
@@ -124,8 +124,10 @@ def training_hooks(cfg: Config, trainer: Trainer, data: TrainingData, resume_fro
     def val_proposals() -> dict[int, Tensor] | None:  # Fast R-CNN's; read when first evaluating
         return load_split_proposals(cfg, "val", data.val)
 
+    task = task_of(cfg)
+
     def evaluate(pr_curve_path: Path | None, detections_path: Path | None) -> dict[str, float]:
-        return evaluate_model(
+        return task.evaluate(
             trainer.model, cfg, data.val, trainer.run.device, val_proposals(), pr_curve_path, detections_path
         )
 
@@ -135,6 +137,7 @@ def training_hooks(cfg: Config, trainer: Trainer, data: TrainingData, resume_fro
         cfg.train.eval_period,
         cfg.train.eval_at_end,
         resume_from,
+        logged=task.logged_metrics,
     )
     hooks: list[Hook] = [
         evaluation,
@@ -166,10 +169,11 @@ def _build_model(cfg: Config, data: TrainingData, run: distributed.ProcessContex
     if cfg.solver.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if fresh:  # a resumed run has these in its checkpoint
-        # sampling-free bias and thresholds; rank 0 first: it fills the cache of dataset statistics
+        # sampling-free bias and thresholds (segmentation: class weights); rank 0 first: it fills
+        # the cache of dataset statistics
         with distributed.main_process_first("the dataset priors"):
             run_dir = Path(cfg.output_dir) if run.is_main else None
-            apply_dataset_priors(model, cfg, data.train, data.proposals, run_dir=run_dir)
+            task_of(cfg).prepare(model, cfg, data.train, data.proposals, run_dir)
         if cfg.mining.start_from:  # e.g. a bootstrapping round: the previous round's weights
             weights_from = cfg.mining.start_from
             load_model_state(

@@ -17,7 +17,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.rpn import RPNHead
 
-from hardmine.config import Config, DenseHeadConfig, HeadConfig, RoIHeadConfig, RPNConfig
+from hardmine.config import SEGMENTATION_ARCHS, Config, DenseHeadConfig, HeadConfig, RoIHeadConfig, RPNConfig
 from hardmine.models.backbones import build_backbone
 from hardmine.models.dense_head import DenseHead
 from hardmine.models.hard_negatives import HardNegativeUpweight
@@ -29,6 +29,7 @@ from hardmine.models.transform import DetectionTransform
 from hardmine.models.two_stage import TwoStageDetector
 from hardmine.ops import MultiScaleRoIAlign
 from hardmine.sampling import Sampler
+from hardmine.segmentation.build import build_segmentation_model
 
 
 def build_sampler(section: HeadConfig, sampler: Sampler | None = None) -> Sampler:
@@ -135,7 +136,10 @@ def build_dense_head(
 
 
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
-    """A detector for `num_classes` object classes (labels 1..C) as the config describes."""
+    """A detector for `num_classes` object classes (labels 1..C) as the config describes, or a
+    segmentation model for model.arch=fcn / deeplabv3 (`hardmine.segmentation.build`)."""
+    if cfg.model.arch in SEGMENTATION_ARCHS:
+        return build_segmentation_model(cfg, num_classes)
     # A torchvision COCO detector provides the architecture's modules, with its weights.
     coco = cfg.model.torchvision_detector
     pretrained = load_torchvision_detector(coco, cfg.model.trainable_layers) if coco else None

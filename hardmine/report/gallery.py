@@ -37,7 +37,7 @@ from hardmine.config import Config
 from hardmine.data.dataset import DetectionDataset, Target
 from hardmine.data.records import DatasetIndex, ImageRecord
 from hardmine.engine.faults import BufferSnapshot
-from hardmine.engine.inference import checked_split, load_trained
+from hardmine.engine.inference import checked_split, load_trained, require_detector
 from hardmine.engine.proposals import load_split_proposals
 from hardmine.errors import ConfigError, DataError, HardmineError
 from hardmine.models.build import build_sampler
@@ -441,6 +441,7 @@ def draw_checkpoint_selection(
     its data.train with id or file name `image`, drawn to `out` (default:
     CHECKPOINT_FOLDER/gallery/IMAGE_HEAD_SAMPLER.png). Returns the PNG's path and the selection."""
     cfg, model, payload, _ = load_trained(checkpoint, overrides)
+    require_detector(cfg, checkpoint, "gallery")
     index = checked_split(cfg, payload, "train", checkpoint)
     record = find_record(index, image)
     drawing, selection = render_selection(

@@ -146,9 +146,10 @@ def plot_pr_curves(curves: Sequence[Curve], colors: dict[str, Color], path: Path
     return _line_plot(curves, colors, path, "recall", "precision (IoU 0.5)", ylim=(0.0, 1.02))
 
 
-def plot_ap_curves(curves: Sequence[Curve], colors: dict[str, Color], path: Path) -> Path:
-    """AP on the validation set (in percent) against the iteration it was evaluated at."""
-    return _line_plot(curves, colors, path, "iteration", "AP (%)", markers=True)
+def plot_ap_curves(curves: Sequence[Curve], colors: dict[str, Color], path: Path, metric: str = "AP") -> Path:
+    """`metric` (AP, or mIoU for segmentation) on the validation set (in percent) against the
+    iteration it was evaluated at."""
+    return _line_plot(curves, colors, path, "iteration", f"{metric} (%)", markers=True)
 
 
 def plot_ap_bars(bars: Sequence[Bar], colors: dict[str, Color], path: Path, metric: str = "AP") -> Path:

@@ -20,6 +20,22 @@ from hardmine.engine.coco_eval import METRIC_KEYS
 
 #: Per-run cost columns of metrics.json, averaged over seeds like the metrics.
 COST_KEYS = ("seconds_per_iter", "images_per_second", "peak_memory_mb")
+#: The metrics of a segmentation family's table (the detection families': COCO's METRIC_KEYS).
+SEGMENTATION_KEYS = ("mIoU", "pixel_accuracy")
+#: Families that are scored by mIoU rather than AP.
+SEGMENTATION_FAMILY = "segmentation"
+
+
+def metric_keys(family: str) -> tuple[str, ...]:
+    """The metrics a family's table shows: mIoU and pixel accuracy for segmentation, else COCO's."""
+    return SEGMENTATION_KEYS if family == SEGMENTATION_FAMILY else METRIC_KEYS
+
+
+def headline(family: str) -> str:
+    """The metric a family is ranked and plotted by: mIoU for segmentation, else AP."""
+    return metric_keys(family)[0]
+
+
 #: Column titles of the metrics and costs in tables.
 TITLES = {
     "AP": "AP",
@@ -29,6 +45,8 @@ TITLES = {
     "APm": "APm",
     "APl": "APl",
     "AR100": "AR@100",
+    "mIoU": "mIoU",
+    "pixel_accuracy": "pixel accuracy",
     "seconds_per_iter": "s/iter",
     "images_per_second": "images/s",
     "peak_memory_mb": "peak memory (MB)",
@@ -84,8 +102,9 @@ class MeanStd:
 
 @dataclass
 class MethodSummary:
-    """A compared method aggregated over its seeds: `stats` per METRIC_KEYS and COST_KEYS key
-    (`stopped_at`: the iteration a race stopped it at, its metrics are from there)."""
+    """A compared method aggregated over its seeds: `stats` per key of its family's metrics
+    (`metric_keys`) and COST_KEYS (`stopped_at`: the iteration a race stopped it at, its metrics
+    are from there)."""
 
     name: str
     family: str
@@ -118,7 +137,9 @@ def summarize(runs: Sequence[RunRecord]) -> list[MethodSummary]:
                 family=own[0].family,
                 seeds=[run.seed for run in ok],
                 failed_seeds=[run.seed for run in own if not run.ok],
-                stats={key: MeanStd.of(_values(ok, key)) for key in (*METRIC_KEYS, *COST_KEYS)},
+                stats={
+                    key: MeanStd.of(_values(ok, key)) for key in (*metric_keys(own[0].family), *COST_KEYS)
+                },
                 stopped_at=next((run.stopped_at for run in ok if run.stopped_at is not None), None),
             )
         )
@@ -136,20 +157,21 @@ def format_stat(stat: MeanStd, key: str) -> str:
         "peak_memory_mb": (1.0, 0),
     }.get(key, (100.0, 1))
     text = f"{scale * stat.mean:.{digits}f}"
-    if stat.std is not None and key in METRIC_KEYS:
+    if stat.std is not None and key not in COST_KEYS:
         text += f" ± {scale * stat.std:.{digits}f}"
     return text
 
 
 def table_rows(summaries: Sequence[MethodSummary]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of a results table: method, seeds, metrics, costs."""
-    header = ["method", "seeds", *(TITLES[k] for k in (*METRIC_KEYS, *COST_KEYS))]
+    """Header and rows of a results table (one family): method, seeds, metrics, costs."""
+    keys = (*metric_keys(summaries[0].family), *COST_KEYS) if summaries else (*METRIC_KEYS, *COST_KEYS)
+    header = ["method", "seeds", *(TITLES[k] for k in keys)]
     rows = []
     for s in summaries:
         seeds = str(len(s.seeds)) + (f" ({len(s.failed_seeds)} failed)" if s.failed_seeds else "")
         if s.stopped_at is not None:
             seeds += f" (stopped at {s.stopped_at})"
-        rows.append([s.name, seeds, *(format_stat(s.stats[k], k) for k in (*METRIC_KEYS, *COST_KEYS))])
+        rows.append([s.name, seeds, *(format_stat(s.stats[k], k) for k in keys)])
     return header, rows
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import yaml
 
-from hardmine.config import Config
+from hardmine.config import Config, saved_config_with_defaults
 from hardmine.engine.checkpoint import FINAL, LAST
 from hardmine.engine.coco_eval import PR_CURVE_FILE
 from hardmine.engine.evaluation import DETECTIONS_DIR, EVAL_HISTORY_FILE, read_eval_history
@@ -86,9 +86,12 @@ class PlannedRun:
         return saved if isinstance(saved, dict) else None
 
     def same_run(self) -> bool:
-        """The folder holds this run: its saved config decides the weights as this config does."""
+        """The folder holds this run: its saved config decides the weights as this config does (keys
+        added to hardmine since it was saved count with their defaults, as --resume counts them)."""
         saved = self.saved_config()
-        return saved is not None and resume_relevant(saved) == resume_relevant(self.cfg.to_dict())
+        if saved is None:
+            return False
+        return resume_relevant(saved_config_with_defaults(saved)) == resume_relevant(self.cfg.to_dict())
 
     def finished(self) -> bool:
         """Trained and evaluated before as this run: nothing to do."""

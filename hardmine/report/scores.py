@@ -1,5 +1,6 @@
 """Scoring the runs of a comparison on resampled validation images, from the detections their
-evaluations kept (`detections/ITERATION.json`), for the verdicts and the racing decisions.
+evaluations kept (`detections/ITERATION.json`; a segmentation run's: each image's confusion
+matrix, scored by mIoU), for the verdicts and the racing decisions.
 
 Every run is scored on the same bootstrap replicates (`image_bootstrap.image_samples`), so the
 differences between runs are paired over images; runs on other validation images are not compared.
@@ -13,13 +14,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hardmine.config import Config
+from hardmine.config import SEGMENTATION_ARCHS, Config
 from hardmine.data.records import DatasetIndex
 from hardmine.data.sources import resolve_split
 from hardmine.engine.evaluation import detections_file
 from hardmine.report.image_bootstrap import REPLICATES, image_samples, per_image_evaluation, read_detections
 from hardmine.report.runs import PlannedRun
 from hardmine.report.verdicts import MethodScores, RunScores
+from hardmine.segmentation.image_scores import read_confusions
 
 
 def _silent(text: str) -> None:
@@ -53,7 +55,11 @@ class Scorer:
         if key not in self._scores:
             path = detections_file(planned.run_dir, iteration)
             scores = None
-            if path.is_file():
+            if path.is_file() and planned.cfg.model.arch in SEGMENTATION_ARCHS:  # per-image confusions
+                confusions = read_confusions(path)
+                replicates = confusions.replicates(self.samples(confusions.num_images))
+                scores = (RunScores(planned.seed, confusions.miou(), replicates), confusions.image_ids)
+            elif path.is_file():
                 index = self.validation_set(planned.cfg)
                 evaluation = per_image_evaluation(index, read_detections(path, index))
                 replicates = evaluation.replicates(self.samples(evaluation.num_images))
@@ -78,7 +84,8 @@ class Scorer:
             members = families.setdefault(p.run.family, [])
             method = next((m for m in members if m.name == p.run.name), None)
             if method is None:
-                method = MethodScores(p.run.name, p.run.family, {}, len(image_ids))
+                metric = "mIoU" if p.cfg.model.arch in SEGMENTATION_ARCHS else "AP"
+                method = MethodScores(p.run.name, p.run.family, {}, len(image_ids), metric)
                 members.append(method)
             method.runs[p.seed] = scores
         return families

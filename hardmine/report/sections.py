@@ -26,7 +26,14 @@ from hardmine.report.document import (
 from hardmine.report.figures import FigureFile
 from hardmine.report.hard_examples import Example
 from hardmine.report.racing import RaceSummary
-from hardmine.report.results import FAILED, MethodSummary, RunRecord, families, table_rows
+from hardmine.report.results import (
+    FAILED,
+    SEGMENTATION_FAMILY,
+    MethodSummary,
+    RunRecord,
+    families,
+    table_rows,
+)
 from hardmine.report.spec import CompareSpec, display_path
 from hardmine.report.verdicts import CONFIDENCE, FamilyVerdicts, Interval, MethodEstimate, PairedDifference
 
@@ -106,8 +113,13 @@ def _results(r: ReportInputs) -> list[Block]:
     blocks: list[Block] = [
         Heading("Results"),
         Paragraph(
-            "AP (IoU 0.5:0.95), AP50, AP75, APs / APm / APl (small, medium, large objects) and AR@100 on "
-            "the validation set, in percent: mean ± std over seeds (no ± with one seed; – where no "
+            (
+                "AP (IoU 0.5:0.95), AP50, AP75, APs / APm / APl (small, medium, large objects) and AR@100 "
+                "on the validation set"
+                if any(s.family != SEGMENTATION_FAMILY for s in r.summaries)
+                else "mIoU and pixel accuracy on the validation set"
+            )
+            + ", in percent: mean ± std over seeds (no ± with one seed; – where no "
             "ground truth falls in the range). s/iter and images/s: training speed of each run with "
             "the resources it had (see Setup: several runs at once share the machine); peak memory: the "
             "training process's peak resident memory (on a GPU: peak allocated CUDA memory). A method "
@@ -117,7 +129,17 @@ def _results(r: ReportInputs) -> list[Block]:
     verdicts = {v.family: v for v in r.verdicts}
     for family, members in families(r.summaries).items():
         header, rows = table_rows(members)
-        blocks += [Heading(family, 3), Table(header, rows)]
+        blocks.append(Heading(family, 3))
+        if family == SEGMENTATION_FAMILY:
+            blocks.append(
+                Paragraph(
+                    "Segmentation is scored by mIoU (the mean over background and the classes of "
+                    "each class's intersection over union of predicted and true pixels, over the whole "
+                    "validation set; torchmetrics) and pixel accuracy, in percent; per-class IoU is in "
+                    "each run's metrics.json and in results.csv."
+                )
+            )
+        blocks.append(Table(header, rows))
         blocks.extend(_verdict_blocks(verdicts.get(family), members, r))
     failed = [run for run in r.records if run.status == FAILED]
     if failed:
@@ -162,7 +184,12 @@ def _verdict_blocks(v: FamilyVerdicts | None, members: list[MethodSummary], r: R
     ]
     if v is None or len(v.estimates) + len(stopped) < 2:
         if len([m for m in members if m.seeds and m.stopped_at is None]) > 1:
-            return [Paragraph("No verdicts: the finished runs kept no detections of their final evaluation.")]
+            return [
+                Paragraph(
+                    "No verdicts: the finished runs kept no detections (segmentation: per-image "
+                    "results) of their final evaluation."
+                )
+            ]
         return []
     level = f"{CONFIDENCE:.0%}"
     diffs = {d.method: d for d in v.comparisons}
@@ -175,16 +202,17 @@ def _verdict_blocks(v: FamilyVerdicts | None, members: list[MethodSummary], r: R
     header = [
         "method",
         "seeds x images",
-        "AP",
+        v.metric,
         f"{level} CI, seeds (t)",
         f"{level} CI, images",
-        f"AP - {v.baseline} ({level} CI)",
+        f"{v.metric} - {v.baseline} ({level} CI)",
         "verdict",
     ]
     blocks: list[Block] = [
         Paragraph(
-            f"Verdicts against {v.baseline}, in AP points: the mean over seeds with its Student-t interval "
-            "over seeds (two seeds or more) and its bootstrap interval over the validation images; the "
+            f"Verdicts against {v.baseline}, in {v.metric} points: the mean over seeds with its "
+            "Student-t interval over seeds (two seeds or more) and its bootstrap interval over the "
+            "validation images; the "
             f"paired difference to {v.baseline} (same seeds, same images) with its two-stage bootstrap "
             "interval (seeds, then images). Better or worse only where that interval excludes 0."
         ),
@@ -232,7 +260,7 @@ def _figures(r: ReportInputs) -> list[Block]:
         return [Heading("Plots"), Paragraph("No run finished, so there is nothing to plot.")]
     blocks: list[Block] = []
     for figure in r.figures:
-        title = FIGURE_TITLES[figure.key]
+        title = figure.title or FIGURE_TITLES[figure.key]
         blocks += [Heading(title), Figure(figure.path, figure.caption, alt=title)]
     return blocks
 
@@ -243,7 +271,8 @@ def _gallery(r: ReportInputs) -> list[Block]:
         "compared, from each method's trained model (its first successful seed). Methods that select "
         "candidates show their selection; methods that train on every candidate (sampler `none`) show "
         f"the {r.spec.gallery.top_k} with the highest classification loss, the ones their loss weights "
-        "most. Each caption says what is drawn."
+        "most. A segmentation method shows the image's ground truth, its prediction, the loss of "
+        "every pixel and the pixels its pixel sampler keeps. Each caption says what is drawn."
     )
     drawn = [Figure(e.path, e.caption, alt=f"hard examples of {e.name}") for e in r.examples if e.path]
     missing = [f"{e.name}: {e.caption}" for e in r.examples if e.path is None]

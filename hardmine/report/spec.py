@@ -13,7 +13,8 @@ A spec is a YAML file (see docs/compare.md and configs/compare/default.yaml):
       top_k: 64             # samplers that keep every candidate: how many highest-loss candidates to draw
     runs:
       - name: OHEM          # shown in tables and plots; unique
-        family: two-stage   # optional (from model.arch): two-stage (Faster/Fast R-CNN) or one-stage
+        family: two-stage   # optional (from model.arch): two-stage (Faster/Fast R-CNN), one-stage,
+                            # or segmentation (FCN, DeepLabV3)
         preset: faster_rcnn_ohem   # a preset of configs/ (".yaml" optional) or a path to a YAML preset
         overrides: [roi_head.sampler.nms_thresh=null]
 
@@ -42,9 +43,15 @@ CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_SPEC = CONFIGS_DIR / "compare" / "default.yaml"
 QUICK_SPEC = CONFIGS_DIR / "compare" / "quick.yaml"
 
-FAMILIES = ("two-stage", "one-stage")
+FAMILIES = ("two-stage", "one-stage", "segmentation")
 #: model.arch -> family, when a run does not name its family.
-ARCH_FAMILY = {"faster_rcnn": "two-stage", "fast_rcnn": "two-stage", "retinanet": "one-stage"}
+ARCH_FAMILY = {
+    "faster_rcnn": "two-stage",
+    "fast_rcnn": "two-stage",
+    "retinanet": "one-stage",
+    "fcn": "segmentation",
+    "deeplabv3": "segmentation",
+}
 
 _SPEC_KEYS = ("title", "seeds", "budget", "evaluations", "baseline", "overrides", "gallery", "runs")
 _RUN_KEYS = ("name", "family", "preset", "overrides")
@@ -204,12 +211,13 @@ def available_presets() -> list[str]:
 
 def resolve_preset(preset: str, spec_path: Path) -> Path:
     """The preset file: `preset` relative to the spec's folder, to the working directory, or in
-    `configs/`, each with ".yaml" added if missing."""
+    `configs/`, each with ".yaml" added if missing; never the spec itself (configs/compare/
+    segmentation.yaml runs the preset configs/segmentation.yaml)."""
     names = [preset] if preset.endswith((".yaml", ".yml")) else [preset, f"{preset}.yaml"]
     for folder in (spec_path.parent, Path.cwd(), CONFIGS_DIR):
         for name in names:
             candidate = folder / name
-            if candidate.is_file():
+            if candidate.is_file() and candidate.resolve() != spec_path.resolve():
                 return candidate
     raise ConfigError(
         f"unknown preset {preset!r}: not a file next to {spec_path}, in the working directory or in "

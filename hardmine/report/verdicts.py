@@ -90,6 +90,8 @@ class MethodScores:
     family: str
     runs: dict[int, RunScores]
     num_images: int
+    #: The metric scored: COCO AP, or mIoU for segmentation.
+    metric: str = "AP"
 
 
 @dataclass
@@ -129,6 +131,7 @@ class PairedDifference:
     interval: Interval
     seeds: int
     images: int
+    metric: str = "AP"
 
     @property
     def verdict(self) -> str:
@@ -142,8 +145,9 @@ class PairedDifference:
         """E.g. "OHEM: +2.1 AP vs random sampling (95% CI +0.8 to +3.4; 3 seeds x 100 images): better"."""
         seeds = f"{self.seeds} seed{'s' if self.seeds > 1 else ''}"
         return (
-            f"{self.method}: {100 * self.difference:+.1f} AP vs {self.baseline} ({CONFIDENCE:.0%} CI "
-            f"{self.interval.format(signed=True)}; {seeds} x {self.images} images): {self.verdict}"
+            f"{self.method}: {100 * self.difference:+.1f} {self.metric} vs {self.baseline} "
+            f"({CONFIDENCE:.0%} CI {self.interval.format(signed=True)}; {seeds} x {self.images} images): "
+            f"{self.verdict}"
         )
 
 
@@ -161,7 +165,7 @@ def paired_difference(method: MethodScores, baseline: MethodScores) -> PairedDif
     if interval is None:
         return None
     return PairedDifference(
-        method.name, baseline.name, float(full.mean()), interval, len(seeds), method.num_images
+        method.name, baseline.name, float(full.mean()), interval, len(seeds), method.num_images, method.metric
     )
 
 
@@ -175,6 +179,7 @@ class FamilyVerdicts:
     estimates: list[MethodEstimate]
     comparisons: list[PairedDifference]
     leader: str
+    metric: str = "AP"
 
 
 def family_verdicts(methods: Sequence[MethodScores], baseline: str) -> FamilyVerdicts:
@@ -188,8 +193,9 @@ def family_verdicts(methods: Sequence[MethodScores], baseline: str) -> FamilyVer
                 if diff is not None:
                     comparisons.append(diff)
     family = methods[0].family if methods else ""
+    metric = methods[0].metric if methods else "AP"
     return FamilyVerdicts(
-        family, baseline, [estimate(m) for m in methods], comparisons, leader_statement(methods)
+        family, baseline, [estimate(m) for m in methods], comparisons, leader_statement(methods), metric
     )
 
 
@@ -213,11 +219,12 @@ def leader_statement(methods: Sequence[MethodScores]) -> str:
     """Which method leads, said only as far as the intervals allow."""
     if len(methods) < 2:
         return ""
+    metric = methods[0].metric
     means = {m.name: estimate(m).mean for m in methods}
     best = max(means.values())
     tied = [m.name for m in methods if means[m.name] == best]
     if len(tied) > 1:
-        return f"No clear best: {_names(tied)} share the highest mean AP ({100 * best:.1f})."
+        return f"No clear best: {_names(tied)} share the highest mean {metric} ({100 * best:.1f})."
     top = next(m for m in methods if m.name == tied[0])
     ahead, level = [], []
     for m in methods:
@@ -228,11 +235,11 @@ def leader_statement(methods: Sequence[MethodScores]) -> str:
     shown = f"{100 * best:.1f}"
     if not level:
         return (
-            f"Best: {top.name} ({shown} AP), clearly ahead of every other method "
+            f"Best: {top.name} ({shown} {metric}), clearly ahead of every other method "
             f"(paired {CONFIDENCE:.0%} intervals of its lead above 0)."
         )
     text = (
-        f"No clear best: {top.name} has the highest mean AP ({shown}), but its lead over "
+        f"No clear best: {top.name} has the highest mean {metric} ({shown}), but its lead over "
         f"{_names(level)} is within the paired {CONFIDENCE:.0%} interval"
     )
     return text + (f"; it is clearly ahead of {_names(ahead)}." if ahead else ".")

@@ -23,8 +23,10 @@ Classes that never appear get weight 0 (they never occur as a target either).
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -33,6 +35,7 @@ from torch import Tensor
 
 from hardmine.data.masks import IGNORE_LABEL
 from hardmine.losses.focal import softmax_focal_loss
+from hardmine.options import check_choices, opt, require
 
 
 def check_pixel_inputs(logits: Tensor, target: Tensor) -> None:
@@ -119,3 +122,104 @@ def effective_number_weights(counts: ClassPixelCounts, beta: float = 0.9999) -> 
         raw = (1.0 - beta) / effective
         weights[present] = raw * present.sum() / raw.sum()
     return torch.from_numpy(weights.astype(np.float32))
+
+
+# --- the losses of the config, each declared once: `seg_head.loss=NAME`, options as `opt` fields ---
+
+
+@dataclass
+class PixelLoss(ABC):
+    """A per-pixel loss of the config: called as `loss(logits, target, class_weight)` -> [N, H, W]
+    (0 at ignored pixels). `weighted` losses take class weights made from the training masks'
+    pixel counts by `class_weights`; the others ignore `class_weight`."""
+
+    name: ClassVar[str]
+    weighted: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+
+    def class_weights(self, counts: ClassPixelCounts) -> Tensor:
+        """[C + 1] class weights from the training masks' pixel counts (weighted losses only)."""
+        raise NotImplementedError(f"pixel loss {self.name!r} takes no class weights")
+
+    @abstractmethod
+    def __call__(self, logits: Tensor, target: Tensor, class_weight: Tensor | None = None) -> Tensor: ...
+
+
+@dataclass
+class PixelCrossEntropy(PixelLoss):
+    """Cross-entropy of every pixel (FCN, DeepLab)."""
+
+    name: ClassVar[str] = "ce"
+
+    def __call__(self, logits: Tensor, target: Tensor, class_weight: Tensor | None = None) -> Tensor:
+        return pixel_cross_entropy(logits, target)
+
+
+@dataclass
+class PixelFocal(PixelLoss):
+    """Softmax focal loss of every pixel, -alpha_y (1 - p_y) ** gamma log p_y (Lin et al.)."""
+
+    name: ClassVar[str] = "focal"
+    gamma: float = opt(2.0, "focusing parameter (paper: 2)")
+    alpha: float | None = opt(
+        None,
+        "weight of foreground pixels (background: 1 - alpha); null = all alike (RetinaNet's 0.25 "
+        "balanced its sigmoids' negative terms and has no softmax counterpart)",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.gamma >= 0, "gamma", f"must be >= 0, got {self.gamma}")
+        require(
+            self.alpha is None or 0.0 <= self.alpha <= 1.0,
+            "alpha",
+            f"must be in [0, 1] or null, got {self.alpha}",
+        )
+
+    def __call__(self, logits: Tensor, target: Tensor, class_weight: Tensor | None = None) -> Tensor:
+        return pixel_focal_loss(logits, target, self.gamma, self.alpha)
+
+
+#: `ClassBalancedCrossEntropy.weights` formulas.
+CLASS_WEIGHTINGS = ("median_frequency", "effective_number")
+
+
+@dataclass
+class ClassBalancedCrossEntropy(PixelLoss):
+    """Class-balanced cross-entropy: each pixel's loss weighted by its class's weight from the
+    training masks (median frequency balancing or the effective number of samples)."""
+
+    name: ClassVar[str] = "class_balanced"
+    weighted: ClassVar[bool] = True
+    weights: str = opt(
+        "median_frequency",
+        "median_frequency (Eigen & Fergus; SegNet) or effective_number (Cui et al.)",
+        CLASS_WEIGHTINGS,
+    )
+    beta: float = opt(
+        0.9999,
+        "effective_number: beta (paper: 0.9999 for image counts; saturates near 1 / (1 - beta) "
+        "pixels, so pixel counts need a beta much closer to 1)",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(0.0 <= self.beta < 1.0, "beta", f"must be in [0, 1), got {self.beta}")
+
+    def class_weights(self, counts: ClassPixelCounts) -> Tensor:
+        if self.weights == "median_frequency":
+            return median_frequency_weights(counts)
+        return effective_number_weights(counts, self.beta)
+
+    def __call__(self, logits: Tensor, target: Tensor, class_weight: Tensor | None = None) -> Tensor:
+        if class_weight is not None:
+            class_weight = class_weight.to(logits.dtype)
+        return pixel_cross_entropy(logits, target, class_weight=class_weight)
+
+
+#: Config name -> pixel loss class.
+PIXEL_LOSSES: dict[str, type[PixelLoss]] = {
+    cls.name: cls for cls in (PixelCrossEntropy, PixelFocal, ClassBalancedCrossEntropy)
+}

@@ -30,12 +30,14 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from hardmine.data.masks import IGNORE_LABEL
+from hardmine.options import opt, require
 from hardmine.segmentation.pixel_losses import check_pixel_inputs
 
 
@@ -103,8 +105,10 @@ def ohem_topk(
 class PixelSampler(ABC):
     """Chooses the pixels that count: `__call__(logits, target, loss)` -> keep mask [N, H, W] of
     valid pixels, everything computed without autograd. `last_stats` holds the sampler's own
-    diagnostics of the latest call."""
+    diagnostics of the latest call. Its options are its `opt` fields (the config's
+    `seg_head.sampler`), checked in `__post_init__`; `name` is its config name."""
 
+    name: ClassVar[str]
     ignore_index: int = IGNORE_LABEL
 
     def __post_init__(self) -> None:
@@ -118,37 +122,65 @@ class PixelSampler(ABC):
 class AllPixels(PixelSampler):
     """No mining: every pixel that is not ignored."""
 
-    ignore_index: int = IGNORE_LABEL
+    name: ClassVar[str] = "none"
+    ignore_index: int = field(default=IGNORE_LABEL, compare=False)
 
     def __call__(self, logits: Tensor, target: Tensor, loss: Tensor) -> Tensor:
         return target != self.ignore_index
 
 
+#: mmsegmentation's crop (512 x 1024 pixels), the image area its min_kept = 100000 belongs to.
+MMSEG_CROP_AREA = 512 * 1024
+
+
 @dataclass
 class OhemThreshold(PixelSampler):
     """OHEM by confidence (mmsegmentation's OHEMPixelSampler): pixels whose true-class probability
-    is below `thresh`, at least `min_kept` per image of the batch (`ohem_threshold`)."""
+    is below `thresh`, at least `min_kept` per image of the batch (`ohem_threshold`), scaled with
+    the image area (`min_kept_area`)."""
 
-    thresh: float = 0.7
-    min_kept: int = 100_000
-    ignore_index: int = IGNORE_LABEL
+    name: ClassVar[str] = "ohem"
+    thresh: float = opt(0.7, "keep the pixels whose softmax probability of the true class is below this")
+    min_kept: int = opt(
+        100_000,
+        "at least this many pixels per image of min_kept_area pixels, the least confident ones "
+        "(mmsegmentation: 100000 on its 512x1024 crops)",
+    )
+    min_kept_area: int = opt(
+        MMSEG_CROP_AREA,
+        "the image area (pixels) min_kept is given for: an image of A pixels keeps at least "
+        "round(min_kept x A / min_kept_area), so mmsegmentation's 19 % of a crop carries over to "
+        "other sizes; 0 = min_kept pixels whatever the size",
+    )
+    ignore_index: int = field(default=IGNORE_LABEL, compare=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0.0 < self.thresh <= 1.0:
-            raise ValueError(f"thresh must be in (0, 1], got {self.thresh}")
-        if self.min_kept < 0:
-            raise ValueError(f"min_kept must be >= 0, got {self.min_kept}")
+        require(0.0 < self.thresh <= 1.0, "thresh", f"must be in (0, 1], got {self.thresh}")
+        require(self.min_kept >= 0, "min_kept", f"must be >= 0, got {self.min_kept}")
+        require(
+            self.min_kept_area >= 0,
+            "min_kept_area",
+            f"must be >= 0 (0 = no scaling), got {self.min_kept_area}",
+        )
+
+    def kept_minimum(self, height: int, width: int) -> int:
+        """The least number of pixels kept per image of `height` x `width` pixels."""
+        if not self.min_kept_area:
+            return self.min_kept
+        return round(self.min_kept * height * width / self.min_kept_area)
 
     @torch.no_grad()
     def __call__(self, logits: Tensor, target: Tensor, loss: Tensor) -> Tensor:
         check_pixel_inputs(logits, target)
         prob = true_class_probability(logits, target, self.ignore_index)
         valid = target != self.ignore_index
-        keep = _keep_below(prob, valid, self.thresh, self.min_kept)
+        min_kept = self.kept_minimum(*target.shape[-2:])
+        keep = _keep_below(prob, valid, self.thresh, min_kept)
         self.last_stats = {
             "num_below_thresh": float((valid & (prob < self.thresh)).sum()),
             "max_kept_prob": float(prob[keep].max()) if keep.any() else 0.0,
+            "min_kept": float(min_kept * target.shape[0]),
         }
         return keep
 
@@ -158,13 +190,15 @@ class OhemTopK(PixelSampler):
     """OHEM by loss rank (DeepLab's top_k_percent_pixels): the `fraction` of valid pixels with the
     highest loss (`ohem_topk`)."""
 
-    fraction: float = 0.2
-    ignore_index: int = IGNORE_LABEL
+    name: ClassVar[str] = "topk"
+    fraction: float = opt(
+        0.2, "keep this fraction of the valid pixels, those of highest loss (detectron2's DeepLab: 0.2)"
+    )
+    ignore_index: int = field(default=IGNORE_LABEL, compare=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0.0 < self.fraction <= 1.0:
-            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+        require(0.0 < self.fraction <= 1.0, "fraction", f"must be in (0, 1], got {self.fraction}")
 
     def __call__(self, logits: Tensor, target: Tensor, loss: Tensor) -> Tensor:
         keep = ohem_topk(loss, target, self.fraction, self.ignore_index)

@@ -26,7 +26,7 @@ from hardmine.data.mixup import (
 )
 from hardmine.data.records import Category, DatasetIndex, ImageRecord
 from hardmine.data.transforms import AUGMENT_STEPS, AugmentOptions, build_train_transforms
-from hardmine.engine import train_data, trainer, training
+from hardmine.engine import tasks, trainer, training
 from hardmine.errors import ConfigError
 from hardmine.models.transform import DetectionTransform
 
@@ -336,7 +336,7 @@ def test_the_trainer_mixes_until_the_last_epochs(fast_overrides, monkeypatch):
             seen.append((self.epoch, "weights" in item[1]))
             return item
 
-    monkeypatch.setattr(train_data, "DetectionDataset", Spy)
+    monkeypatch.setattr(tasks, "DetectionDataset", Spy)  # the detection task builds it
     overrides = [
         "solver.max_iter=5",
         "train.eval_at_end=false",

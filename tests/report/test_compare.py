@@ -239,6 +239,16 @@ def test_a_changed_config_is_not_skipped(tiny):
         spec.with_options(overrides=["train.num_threads=2", "train.eval_period=3"]), tiny["out"]
     )
     assert threads[0].finished()
+    # a config.yaml written before an option existed (here the seg_head section): the same run
+    saved = planned[0].run_dir / "config.yaml"
+    text = saved.read_text()
+    older = yaml.safe_load(text)
+    del older["seg_head"]
+    try:
+        saved.write_text(yaml.safe_dump(older, sort_keys=False))
+        assert plan_runs(spec, tiny["out"])[0].finished()
+    finally:
+        saved.write_text(text)
 
 
 def test_the_launch_sets_the_threads_a_config_leaves_open_and_where_a_race_stops(tiny):
@@ -423,3 +433,45 @@ def test_every_shipped_spec_is_valid(spec_file, tmp_path):
     assert spec.runs
     for run in spec.runs:
         spec.run_config(run, 0, tmp_path)  # builds and validates the run's whole config
+
+
+def test_a_segmentation_comparison_reports_miou_and_the_kept_pixels(synth_dir, tmp_path):
+    """Two tiny segmentation runs end to end: mIoU tables and curves, the gallery of kept pixels."""
+    runs = [
+        {"name": "cross-entropy", "preset": "segmentation_tiny"},  # family from model.arch
+        {
+            "name": "pixel OHEM",
+            "family": "segmentation",
+            "preset": "segmentation_tiny",
+            "overrides": ["seg_head.sampler=ohem"],
+        },
+    ]
+    spec = write_spec(tmp_path / "spec.yaml", synth_dir, runs, baseline=["cross-entropy"])
+    out = tmp_path / "out"
+    assert main(["compare", str(spec), "--out", str(out), "--jobs", "2"]) == 0
+    md = (out / "report.md").read_text()
+    for heading in ("### segmentation", "## mIoU during training", "## mIoU per method", "## Hard examples"):
+        assert heading in md, heading
+    assert "| method | seeds | mIoU | pixel accuracy | s/iter |" in md
+    assert "## Precision-recall at IoU 0.5" not in md
+    # verdicts from each image's confusion matrix: mIoU on bootstrap replicates of the images
+    assert "Verdicts against cross-entropy, in mIoU points" in md
+    assert re.search(r"pixel OHEM: [+-]\d+\.\d mIoU vs cross-entropy \(95% CI .*; 1 seed x 4 images\)", md)
+    confusions = json.loads((out / "runs" / "pixel-ohem-seed0" / "detections" / "0000003.json").read_text())
+    assert confusions["classes"][0] == "background" and len(confusions["images"]) == 4
+    rows_md = md.split("| method | seeds x images | mIoU |")[1]
+    assert "| cross-entropy | 1 x 4 |" in rows_md
+    assert "sampler `ohem` keeps the pixels whose true-class probability is below 0.7" in md
+    assert "sampler `none` keeps every pixel not ignored" in md
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    gallery = [link for link in links if Path(link).parent.name == "gallery"]
+    assert len(gallery) == 2 and all((out / link).read_bytes()[:4] == b"\x89PNG" for link in gallery)
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["name"], r["family"], r["status"]) for r in rows] == [
+        ("cross-entropy", "segmentation", "trained"),
+        ("pixel OHEM", "segmentation", "trained"),
+    ]
+    assert all(0.0 <= float(r["mIoU"]) <= 1.0 and r["IoU/background"] for r in rows)
+    log = list(csv.DictReader((out / "runs" / "pixel-ohem-seed0" / "log.csv").open()))
+    assert float(log[-1]["seg/num_kept"]) <= float(log[-1]["seg/num_valid"])
+    assert "mIoU and pixel accuracy on the validation set, in percent" in md and "AP50" not in md
