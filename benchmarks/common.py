@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -31,15 +32,21 @@ def make_batches(cfg: Config, iters: int, batch_size: int, device: torch.device)
 
 
 def train_steps(
-    model: nn.Module, optimizer: torch.optim.Optimizer, batches: list, device: torch.device
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: list,
+    device: torch.device,
+    bf16: bool = False,
 ) -> float:
-    """Seconds for one training step (forward, backward, SGD step) on each batch."""
+    """Seconds for one training step (forward, backward, SGD step) on each batch; the forward under
+    bfloat16 autocast if `bf16`."""
     model.train()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
     for images, targets in batches:
-        losses = model(images, targets)
+        with torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
+            losses = model(images, targets)
         optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
         optimizer.step()

@@ -18,13 +18,10 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import time
-from contextlib import nullcontext
 
 import torch
-from torch import nn
 
-from benchmarks.common import make_batches
+from benchmarks.common import make_batches, train_steps
 from hardmine.config import load_config
 from hardmine.data.sources import resolve_split
 from hardmine.engine.inference import resolve_device
@@ -38,25 +35,6 @@ VARIANTS: dict[str, tuple[bool, bool]] = {
     "bf16": (False, True),
     "bf16_channels_last": (True, True),
 }
-
-
-def timed_steps(
-    model: nn.Module, optimizer: torch.optim.Optimizer, batches: list, device: torch.device, bf16: bool
-) -> float:
-    """Seconds for one training step on each batch, the forward under bf16 autocast if asked."""
-    model.train()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for images, targets in batches:
-        with torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
-            losses = model(images, targets)
-        optimizer.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        optimizer.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -85,12 +63,12 @@ def main() -> None:
         models[name] = (model, build_optimizer(model, cfg.solver))
     batches = make_batches(cfg, args.iters, args.batch_size, device)
     for name, (model, optimizer) in models.items():  # warm-up
-        timed_steps(model, optimizer, batches[:1], device, VARIANTS[name][1])
+        train_steps(model, optimizer, batches[:1], device, VARIANTS[name][1])
     names = list(VARIANTS)
     seconds: dict[str, list[float]] = {name: [] for name in names}
     for r in range(args.rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            seconds[name].append(timed_steps(*models[name], batches, device, VARIANTS[name][1]))
+            seconds[name].append(train_steps(*models[name], batches, device, VARIANTS[name][1]))
         print(f"round {r}: " + ", ".join(f"{n} {seconds[n][-1] / len(batches):.3f} s/iter" for n in names))
     print(
         f"device={device} threads={args.threads} config={args.config} backbone={cfg.model.backbone} "

@@ -2,8 +2,8 @@
 
 import torch
 
-from benchmarks.common import make_batches
-from benchmarks.precision import VARIANTS, timed_steps
+from benchmarks.common import make_batches, train_steps
+from benchmarks.precision import VARIANTS
 from hardmine.config import load_config
 from hardmine.engine.schedule import build_optimizer
 from hardmine.models.build import build_model
@@ -22,7 +22,7 @@ def test_every_variant_trains_a_step(synth_dir):
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         before = [p.detach().clone() for p in model.parameters()]
-        assert timed_steps(model, build_optimizer(model, cfg.solver), batches, torch.device("cpu"), bf16) > 0
+        assert train_steps(model, build_optimizer(model, cfg.solver), batches, torch.device("cpu"), bf16) > 0
         after = list(model.parameters())
         assert all(torch.isfinite(p).all() for p in after)
         assert any(not torch.equal(a, b) for a, b in zip(before, after))
