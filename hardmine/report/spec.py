@@ -43,6 +43,9 @@ CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_SPEC = CONFIGS_DIR / "compare" / "default.yaml"
 QUICK_SPEC = CONFIGS_DIR / "compare" / "quick.yaml"
 
+# A run's warmup may take at most this fraction (1/N) of the budget.
+WARMUP_SHARE = 4
+
 FAMILIES = ("two-stage", "one-stage", "segmentation")
 #: model.arch -> family, when a run does not name its family.
 ARCH_FAMILY = {
@@ -149,9 +152,11 @@ class CompareSpec:
         fixed = [f"train.seed={seed}", "train.progress=false", f"output_dir={output_dir}"]
         if self.evaluations:
             fixed.insert(0, f"train.eval_period={self.eval_period}")
+        # The preset's warmup stands unless it would take more than a quarter of a short budget
+        # (e.g. --quick or --budget 100): then it is shortened to that quarter.
         warmup = self._config(run, [*own, *fixed]).solver.warmup_iters
-        if warmup > self.budget // 10:
-            own.append(f"solver.warmup_iters={self.budget // 10}")
+        if warmup > self.budget // WARMUP_SHARE:
+            own.append(f"solver.warmup_iters={self.budget // WARMUP_SHARE}")
         return [*own, *fixed]
 
     def run_config(self, run: RunSpec, seed: int, output_dir: Path) -> Config:
