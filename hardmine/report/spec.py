@@ -21,8 +21,8 @@ A spec is a YAML file (see docs/compare.md and configs/compare/default.yaml):
 A run's config is its preset, then the spec's `overrides`, the run's `overrides`, the command line's
 overrides, and last what the comparison fixes for every run: `solver.max_iter` (the budget),
 `train.eval_period` (budget / evaluations, when `evaluations` > 0), `train.seed`, `output_dir` and
-`train.progress=false` (the comparison draws its own progress bars); the warmup is capped at a
-tenth of the budget. Every config is built and validated when the spec is
+`train.progress=false` (the comparison draws its own progress bars); a warmup longer than a
+quarter of the budget is shortened to that quarter. Every config is built and validated when the spec is
 loaded, so a bad preset or override fails before any training, naming the spec file and the run.
 """
 
