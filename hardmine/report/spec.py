@@ -18,6 +18,13 @@ A spec is a YAML file (see docs/compare.md and configs/compare/default.yaml):
         preset: faster_rcnn_ohem   # a preset of configs/ (".yaml" optional) or a path to a YAML preset
         overrides: [roi_head.sampler.nms_thresh=null]
 
+A `runs` entry may also take the runs of another spec instead of repeating them, all of them or
+the named ones, in that spec's order (the path relative to this spec's folder, the working
+directory or configs/compare/; an included spec may include others, never itself):
+
+      - include: default.yaml
+        runs: [random sampling, OHEM]   # optional; default: every run of default.yaml
+
 A run's config is its preset, then the spec's `overrides`, the run's `overrides`, the command line's
 overrides, and last what the comparison fixes for every run: `solver.max_iter` (the budget),
 `train.eval_period` (budget / evaluations, when `evaluations` > 0), `train.seed`, `output_dir` and
@@ -40,8 +47,9 @@ from hardmine.errors import ConfigError
 #: The presets folder of the repository (`configs/`), where bare preset names are looked up.
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 #: The spec `hardmine compare` runs without a SPEC argument, and the one `--quick` runs.
-DEFAULT_SPEC = CONFIGS_DIR / "compare" / "default.yaml"
-QUICK_SPEC = CONFIGS_DIR / "compare" / "quick.yaml"
+COMPARE_DIR = CONFIGS_DIR / "compare"
+DEFAULT_SPEC = COMPARE_DIR / "default.yaml"
+QUICK_SPEC = COMPARE_DIR / "quick.yaml"
 
 # A run's warmup may take at most this fraction (1/N) of the budget.
 WARMUP_SHARE = 4
@@ -59,6 +67,7 @@ ARCH_FAMILY = {
 _SPEC_KEYS = ("title", "seeds", "budget", "evaluations", "baseline", "overrides", "gallery", "runs")
 _RUN_KEYS = ("name", "family", "preset", "overrides")
 _GALLERY_KEYS = ("image", "top_k")
+_INCLUDE_KEYS = ("include", "runs")
 
 
 @dataclass(frozen=True)
@@ -291,15 +300,76 @@ def _run(item: Any, i: int, path: Path) -> RunSpec:
     return RunSpec(name=item["name"].strip(), family=family, preset=preset, overrides=overrides)
 
 
+def _runs(data: dict[str, Any], path: Path, chain: tuple[Path, ...]) -> tuple[RunSpec, ...]:
+    """The runs of the spec `data` read from `path`, included specs expanded in place; `chain` is
+    the specs being read (the include path that led here), to refuse a cycle."""
+    runs = data.get("runs")
+    if not isinstance(runs, list) or not runs:
+        raise ConfigError(f"{_where(path, 'runs')}: the spec has no runs; list at least one (name, preset)")
+    found: list[RunSpec] = []
+    for i, item in enumerate(runs):
+        if isinstance(item, dict) and "include" in item:
+            found.extend(_included_runs(item, f"runs[{i}]", path, chain))
+        else:
+            found.append(_run(item, i, path))
+    return tuple(found)
+
+
+def _included_runs(item: dict[str, Any], key: str, path: Path, chain: tuple[Path, ...]) -> list[RunSpec]:
+    """The runs an `include` entry names: all runs of the included spec, or those in its `runs`."""
+    _check_keys(item, _INCLUDE_KEYS, path, key)
+    name = item["include"]
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(
+            f"{_where(path, f'{key}.include')}: expected the path of a comparison spec, got {name!r}"
+        )
+    try:
+        included = _resolve_spec(name, path)
+    except ConfigError as exc:
+        raise ConfigError(f"{_where(path, f'{key}.include')}: {exc}") from None
+    if included.resolve() in chain:
+        cycle = " -> ".join(p.name for p in (*chain, included.resolve()))
+        raise ConfigError(f"{_where(path, f'{key}.include')}: {name!r} includes itself ({cycle})")
+    data = read_yaml_mapping(included, "comparison spec", f"a mapping with the keys {', '.join(_SPEC_KEYS)}")
+    _check_keys(data, _SPEC_KEYS, included, "top level")
+    runs = _runs(data, included, (*chain, included.resolve()))
+    wanted = item.get("runs")
+    if wanted is None:
+        return list(runs)
+    if not isinstance(wanted, list) or not wanted or not all(isinstance(n, str) for n in wanted):
+        raise ConfigError(
+            f"{_where(path, f'{key}.runs')}: expected a list of run names of {name}, got {wanted!r}"
+        )
+    by_name = {r.name: r for r in runs}
+    for run_name in wanted:
+        if run_name not in by_name:
+            raise ConfigError(
+                f"{_where(path, f'{key}.runs')}: {run_name!r} is not a run of {included}; "
+                f"runs: {', '.join(map(repr, by_name))}"
+            )
+    return [by_name[n] for n in wanted]
+
+
+def _resolve_spec(name: str, spec_path: Path) -> Path:
+    """An included spec: `name` relative to the including spec's folder, to the working directory,
+    or in configs/compare/, each with ".yaml" added if missing."""
+    names = [name] if name.endswith((".yaml", ".yml")) else [name, f"{name}.yaml"]
+    for folder in (spec_path.parent, Path.cwd(), COMPARE_DIR):
+        for candidate in (folder / n for n in names):
+            if candidate.is_file():
+                return candidate
+    raise ConfigError(
+        f"no comparison spec {name!r}: not a file next to {spec_path}, in the working directory or in "
+        f"{COMPARE_DIR}; specs there: {', '.join(sorted(p.stem for p in COMPARE_DIR.glob('*.yaml')))}"
+    )
+
+
 def load_spec(path: str | Path) -> CompareSpec:
     """Read and validate a spec file; errors name the file and the key at fault."""
     path = Path(path)
     data = read_yaml_mapping(path, "comparison spec", f"a mapping with the keys {', '.join(_SPEC_KEYS)}")
     _check_keys(data, _SPEC_KEYS, path, "top level")
-    runs = data.get("runs")
-    if not isinstance(runs, list) or not runs:
-        raise ConfigError(f"{_where(path, 'runs')}: the spec has no runs; list at least one (name, preset)")
-    run_specs = tuple(_run(item, i, path) for i, item in enumerate(runs))
+    run_specs = _runs(data, path, (path.resolve(),))
     for kind, values in (("name", [r.name for r in run_specs]), ("folder name", [r.slug for r in run_specs])):
         repeated = sorted({v for v in values if values.count(v) > 1})
         if repeated:

@@ -369,6 +369,63 @@ def test_spec_errors_name_the_file_and_the_key(tmp_path, text, message):
     assert str(path) in str(exc.value) and message in str(exc.value)
 
 
+def test_a_spec_includes_the_runs_of_another_all_or_the_named_ones(tmp_path):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "mine.yaml").write_text(
+        (Path(DEFAULT_SPEC).parent.parent / "retinanet_tiny.yaml").read_text()
+    )
+    (tmp_path / "base" / "base.yaml").write_text(
+        "runs:\n  - {name: a, preset: faster_rcnn_tiny}\n  - {name: b, preset: mine}\n"
+        "  - {name: c, preset: faster_rcnn_ohem}\n"
+    )
+    path = spec_file(
+        tmp_path,
+        "runs:\n  - {include: base/base.yaml, runs: [c, b]}\n  - {name: d, preset: faster_rcnn_tiny}\n"
+        "  - include: base/base\n    runs: [a]\n",
+    )
+    spec = load_spec(path)
+    assert [(r.name, r.family) for r in spec.runs] == [
+        ("c", "two-stage"),
+        ("b", "one-stage"),
+        ("d", "two-stage"),
+        ("a", "two-stage"),
+    ]
+    # the included spec's presets resolve next to it, not next to the including spec
+    assert spec.runs[1].preset == tmp_path / "base" / "mine.yaml"
+    everything = load_spec(spec_file(tmp_path, "runs:\n  - include: base/base.yaml\n"))
+    assert [r.name for r in everything.runs] == ["a", "b", "c"]
+    claims = load_spec(Path(DEFAULT_SPEC).parent / "claims.yaml")
+    assert [r.name for r in claims.runs[:6]] == [r.name for r in load_spec(DEFAULT_SPEC).runs]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("runs:\n  - {include: nowhere.yaml}\n", "runs[0].include: no comparison spec 'nowhere.yaml'"),
+        ("runs:\n  - {include: default, runs: [OHME]}\n", "runs[0].runs: 'OHME' is not a run of"),
+        ("runs:\n  - {include: default, runs: OHEM}\n", "runs[0].runs: expected a list of run names"),
+        ("runs:\n  - {include: default, name: x}\n", "runs[0]: unknown key 'name'"),
+        ("runs:\n  - {include: spec.yaml}\n", "'spec.yaml' includes itself (spec.yaml -> spec.yaml)"),
+        (
+            "runs:\n  - {include: default}\n  - {include: default, runs: [OHEM]}\n",
+            "two runs have the name 'OHEM'",
+        ),
+    ],
+)
+def test_include_errors_name_the_file_and_the_entry(tmp_path, text, message):
+    path = spec_file(tmp_path, text)
+    with pytest.raises(ConfigError) as exc:
+        load_spec(path)
+    assert str(path) in str(exc.value) and message in str(exc.value)
+
+
+def test_an_include_cycle_through_two_specs_is_refused(tmp_path):
+    (tmp_path / "other.yaml").write_text("runs:\n  - include: spec.yaml\n")
+    path = spec_file(tmp_path, "runs:\n  - include: other.yaml\n")
+    with pytest.raises(ConfigError, match=r"includes itself \(spec.yaml -> other.yaml -> spec.yaml\)"):
+        load_spec(path)
+
+
 def test_bad_override_from_the_command_line_names_the_run(tmp_path, capsys):
     path = spec_file(tmp_path, "runs:\n  - {name: mine, preset: faster_rcnn_tiny}\n")
     assert main(["compare", str(path), "roi_head.bogus=1", "--out", str(tmp_path / "out")]) == 2
