@@ -34,8 +34,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from hardmine.config import dump_yaml
+from hardmine.config import SEGMENTATION_ARCHS, dump_yaml
 from hardmine.engine.checkpoint import FINAL
+from hardmine.engine.evaluation import detections_file
 from hardmine.errors import TrainingInterrupted
 from hardmine.report.document import write_report
 from hardmine.report.figures import make_figures
@@ -58,6 +59,7 @@ from hardmine.report.results import (
     TRAINED,
     MethodSummary,
     RunRecord,
+    degenerate_output,
     format_text_table,
     read_log_columns,
     summarize,
@@ -471,7 +473,21 @@ def run_record(planned: PlannedRun, status: str, race: RaceSummary | None = None
         error=_tail(planned.run_dir / "train.log") if status == FAILED else None,
         versions=info.get("versions", {}),
         stopped_at=stopped_at,
+        degenerate=_degenerate(planned, metrics),
     )
+
+
+def _degenerate(planned: PlannedRun, metrics: dict[str, Any] | None) -> str | None:
+    """`degenerate_output` of a detector run's last evaluation (None for segmentation, or where
+    its detections were not kept or cannot be read)."""
+    if metrics is None or planned.cfg.model.arch in SEGMENTATION_ARCHS:
+        return None
+    path = detections_file(planned.run_dir, int(metrics.get("iterations") or planned.cfg.solver.max_iter))
+    try:
+        detections = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return degenerate_output(detections) if isinstance(detections, list) else None
 
 
 def hard_examples(

@@ -78,10 +78,25 @@ class RunRecord:
     error: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
     stopped_at: int | None = None
+    #: What is wrong with the output of its last evaluation, where something is (`degenerate_output`).
+    degenerate: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.status != FAILED
+
+
+def degenerate_output(detections: Sequence[dict[str, Any]]) -> str | None:
+    """Why a detector's detections (a COCO results list) show that it does not work at all, or
+    None: no detections (no score above the test threshold: the classifier has not left its
+    prior), or one score for every detection (the output no longer depends on the image: a
+    collapsed head, e.g. a hidden layer whose ReLUs all died)."""
+    if not detections:
+        return "no detections"
+    scores = [float(d["score"]) for d in detections]
+    if len(scores) > 1 and max(scores) - min(scores) <= 1e-6:
+        return f"collapsed: all {len(scores)} detections score {scores[0]:.4f}"
+    return None
 
 
 @dataclass
@@ -175,6 +190,31 @@ def table_rows(summaries: Sequence[MethodSummary]) -> tuple[list[str], list[list
     return header, rows
 
 
+def seed_rows(
+    summaries: Sequence[MethodSummary], runs: Sequence[RunRecord]
+) -> tuple[list[str], list[list[str]]] | None:
+    """Header and rows of a family's headline metric seed by seed (one column per seed, "failed"
+    where the run failed, its `degenerate` note in brackets), or None when no method of the family
+    has more than one seed: the table behind each mean ± std."""
+    names = {s.name for s in summaries}
+    own = [run for run in runs if run.name in names]
+    seeds = sorted({run.seed for run in own})
+    if len(seeds) < 2 or not summaries:
+        return None
+    key = headline(summaries[0].family)
+    cells = {(run.name, run.seed): _seed_cell(run, key) for run in own}
+    header = ["method", *(f"{TITLES[key]}, seed {seed}" for seed in seeds)]
+    return header, [[s.name, *(cells.get((s.name, seed), "–") for seed in seeds)] for s in summaries]
+
+
+def _seed_cell(run: RunRecord, key: str) -> str:
+    if not run.ok:
+        return "failed"
+    values = _values([run], key)
+    text = f"{100 * values[0]:.1f}" if values else "–"
+    return f"{text} ({run.degenerate})" if run.degenerate else text
+
+
 def families(summaries: Sequence[MethodSummary]) -> dict[str, list[MethodSummary]]:
     """Summaries grouped by detector family, families in order of first appearance."""
     groups: dict[str, list[MethodSummary]] = {}
@@ -200,9 +240,21 @@ def format_text_table(summaries: Sequence[MethodSummary]) -> str:
 
 def write_results_csv(path: Path, runs: Sequence[RunRecord]) -> Path:
     """One row per run: name, family, seed, status, every metrics.json entry (metrics, then costs and
-    run facts), wall time, folder and command; failed runs leave the metric cells empty."""
+    run facts), wall time, what is degenerate about its output (`degenerate_output`; empty when
+    nothing is), folder and command; failed runs leave the metric cells empty."""
     keys = list(dict.fromkeys(k for run in runs for k in (run.metrics or {}) if k not in COST_KEYS))
-    header = ["name", "family", "seed", "status", *keys, *COST_KEYS, "wall_s", "run_dir", "command"]
+    header = [
+        "name",
+        "family",
+        "seed",
+        "status",
+        *keys,
+        *COST_KEYS,
+        "wall_s",
+        "degenerate",
+        "run_dir",
+        "command",
+    ]
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(header)
@@ -217,6 +269,7 @@ def write_results_csv(path: Path, runs: Sequence[RunRecord]) -> Path:
                     *(metrics.get(k, "") for k in keys),
                     *(metrics.get(k, "") for k in COST_KEYS),
                     "" if run.wall_s is None else f"{run.wall_s:.1f}",
+                    run.degenerate or "",
                     run.run_dir,
                     run.command,
                 ]

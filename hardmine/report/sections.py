@@ -32,6 +32,7 @@ from hardmine.report.results import (
     MethodSummary,
     RunRecord,
     families,
+    seed_rows,
     table_rows,
 )
 from hardmine.report.spec import CompareSpec, display_path
@@ -140,6 +141,7 @@ def _results(r: ReportInputs) -> list[Block]:
                 )
             )
         blocks.append(Table(header, rows))
+        blocks.extend(_seed_blocks(members, r.records))
         blocks.extend(_verdict_blocks(verdicts.get(family), members, r))
     failed = [run for run in r.records if run.status == FAILED]
     if failed:
@@ -153,6 +155,24 @@ def _results(r: ReportInputs) -> list[Block]:
                 Code(run.error or "", "text"),
             ]
     return blocks
+
+
+def _seed_blocks(members: list[MethodSummary], records: list[RunRecord]) -> list[Block]:
+    """The family's headline metric seed by seed, with a word on runs whose output is degenerate."""
+    table = seed_rows(members, records)
+    if table is None:
+        return []
+    text = (
+        "Seed by seed: a mean with a wide ± often hides one seed that failed to learn rather than "
+        "an even spread."
+    )
+    if any(run.degenerate for run in records if run.name in {m.name for m in members}):
+        text += (
+            " In brackets, runs whose final detections show a detector that does not work: none "
+            "above the test score threshold (the classifier never left its prior), or one score for "
+            "every detection (its output no longer depends on the image: a collapsed head)."
+        )
+    return [Paragraph(text), Table(*table)]
 
 
 def _ci(interval: Interval | None) -> str:

@@ -8,6 +8,7 @@ are refused before any training. Plus the spec's errors and defaults."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -225,6 +226,22 @@ def test_rerun_skips_finished_runs(tiny, monkeypatch, capsys):
     assert len(launched) == 1 and "output_dir=" + str(tiny["out"] / "runs" / "broken-seed0") in launched[0]
     assert {p: p.stat().st_mtime_ns for p in metrics} == metrics
     assert (tiny["out"] / "report.md").is_file()
+
+
+def test_a_run_whose_final_detections_are_degenerate_is_marked(tiny, tmp_path):
+    planned = plan_runs(load_spec(tiny["spec"]), tiny["out"])[0]  # random sampling, seed 0, finished
+    run_dir = tmp_path / "run"
+    shutil.copytree(planned.run_dir, run_dir)
+    copy = dataclasses.replace(planned, run_dir=run_dir)
+    final = run_dir / "detections" / "0000003.json"
+    box = {"image_id": 1, "category_id": 1, "bbox": [1.0, 2.0, 3.0, 4.0]}
+    final.write_text(json.dumps([{**box, "score": 0.25}, {**box, "score": 0.25, "category_id": 2}]))
+    assert compare_module.run_record(copy, "trained").degenerate == "collapsed: all 2 detections score 0.2500"
+    final.write_text("[]")
+    assert compare_module.run_record(copy, "trained").degenerate == "no detections"
+    final.unlink()  # detections not kept: nothing to say
+    assert compare_module.run_record(copy, "trained").degenerate is None
+    assert compare_module.run_record(copy, "failed").degenerate is None
 
 
 def test_a_changed_config_is_not_skipped(tiny):

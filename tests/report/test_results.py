@@ -11,10 +11,12 @@ from hardmine.report.results import (
     TRAINED,
     MeanStd,
     RunRecord,
+    degenerate_output,
     format_stat,
     format_text_table,
     mean_over_seeds,
     read_log_columns,
+    seed_rows,
     summarize,
     write_results_csv,
     write_results_json,
@@ -70,9 +72,9 @@ def test_results_files_have_one_row_per_run(tmp_path):
     runs = [record("a", 0, 0.1), record("a", 1, None)]
     write_results_csv(tmp_path / "r.csv", runs)
     rows = list(csv.DictReader((tmp_path / "r.csv").open()))
-    assert [(r["name"], r["seed"], r["status"], r["AP"]) for r in rows] == [
-        ("a", "0", "trained", "0.1"),
-        ("a", "1", "failed", ""),
+    assert [(r["name"], r["seed"], r["status"], r["AP"], r["degenerate"]) for r in rows] == [
+        ("a", "0", "trained", "0.1", ""),
+        ("a", "1", "failed", "", ""),
     ]
     write_results_json(tmp_path / "r.json", runs, summarize(runs), {"budget": 5})
     data = json.loads((tmp_path / "r.json").read_text())
@@ -94,3 +96,27 @@ def test_log_columns_and_mean_over_seeds(tmp_path):
         x.tolist() == [10, 20] and mean.tolist() == [2.0, 3.0] and std.tolist() == pytest.approx([2**0.5] * 2)
     )
     assert mean_over_seeds([(np.array([1]), np.array([5.0]))])[2] is None
+
+
+def detection(score: float) -> dict:
+    return {"image_id": 1, "category_id": 2, "bbox": [0.0, 0.0, 4.0, 4.0], "score": score}
+
+
+def test_degenerate_output_is_no_detection_or_one_score_for_all():
+    assert degenerate_output([]) == "no detections"
+    assert degenerate_output([detection(0.0797082)] * 3) == "collapsed: all 3 detections score 0.0797"
+    assert (
+        degenerate_output([detection(0.5), detection(0.5000001)])
+        == "collapsed: all 2 detections score 0.5000"
+    )
+    assert degenerate_output([detection(0.5)]) is None  # one detection is no evidence
+    assert degenerate_output([detection(0.08), detection(0.081)]) is None
+
+
+def test_seed_rows_show_each_seed_failures_and_degenerate_runs():
+    runs = [record("a", 0, 0.093), record("a", 1, 0.179), record("a", 2, None), record("b", 0, 0.0)]
+    runs[3].degenerate = "no detections"
+    header, rows = seed_rows(summarize(runs), runs)
+    assert header == ["method", "AP, seed 0", "AP, seed 1", "AP, seed 2"]
+    assert rows == [["a", "9.3", "17.9", "failed"], ["b", "0.0 (no detections)", "–", "–"]]
+    assert seed_rows(summarize(runs[:1]), runs[:1]) is None  # one seed: the mean is the seed
