@@ -39,10 +39,12 @@ browser:
 
 test: $(STAMP) browser
 	$(VENV)/bin/ruff check hardmine tests benchmarks
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check hardmine tests benchmarks
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf $(VENV) runs data/synth data/synth-smoke
