@@ -194,12 +194,12 @@ def seed_rows(
     summaries: Sequence[MethodSummary], runs: Sequence[RunRecord]
 ) -> tuple[list[str], list[list[str]]] | None:
     """Header and rows of a family's headline metric seed by seed (one column per seed, "failed"
-    where the run failed, its `degenerate` note in brackets), or None when no method of the family
-    has more than one seed: the table behind each mean ± std."""
+    where the run failed, its `degenerate` note in brackets): the table behind each mean ± std.
+    None with one seed and nothing degenerate, where it would repeat the results table."""
     names = {s.name for s in summaries}
     own = [run for run in runs if run.name in names]
     seeds = sorted({run.seed for run in own})
-    if len(seeds) < 2 or not summaries:
+    if not summaries or (len(seeds) < 2 and not any(run.degenerate for run in own)):
         return None
     key = headline(summaries[0].family)
     cells = {(run.name, run.seed): _seed_cell(run, key) for run in own}

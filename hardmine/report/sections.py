@@ -158,21 +158,25 @@ def _results(r: ReportInputs) -> list[Block]:
 
 
 def _seed_blocks(members: list[MethodSummary], records: list[RunRecord]) -> list[Block]:
-    """The family's headline metric seed by seed, with a word on runs whose output is degenerate."""
+    """The family's headline metric seed by seed, with a word on runs whose output is degenerate
+    (with one seed, shown only where a run is)."""
     table = seed_rows(members, records)
     if table is None:
         return []
-    text = (
-        "Seed by seed: a mean with a wide ± often hides one seed that failed to learn rather than "
-        "an even spread."
-    )
-    if any(run.degenerate for run in records if run.name in {m.name for m in members}):
-        text += (
-            " In brackets, runs whose final detections show a detector that does not work: none "
+    own = [run for run in records if run.name in {m.name for m in members}]
+    sentences = []
+    if len({run.seed for run in own}) > 1:
+        sentences.append(
+            "Seed by seed: a mean with a wide ± often hides one seed that failed to learn rather than "
+            "an even spread."
+        )
+    if any(run.degenerate for run in own):
+        sentences.append(
+            "In brackets, runs whose final detections show a detector that does not work: none "
             "above the test score threshold (the classifier never left its prior), or one score for "
             "every detection (its output no longer depends on the image: a collapsed head)."
         )
-    return [Paragraph(text), Table(*table)]
+    return [Paragraph(" ".join(sentences)), Table(*table)]
 
 
 def _ci(interval: Interval | None) -> str:

@@ -120,3 +120,7 @@ def test_seed_rows_show_each_seed_failures_and_degenerate_runs():
     assert header == ["method", "AP, seed 0", "AP, seed 1", "AP, seed 2"]
     assert rows == [["a", "9.3", "17.9", "failed"], ["b", "0.0 (no detections)", "–", "–"]]
     assert seed_rows(summarize(runs[:1]), runs[:1]) is None  # one seed: the mean is the seed
+    assert seed_rows(summarize(runs[3:]), runs[3:]) == (
+        ["method", "AP, seed 0"],
+        [["b", "0.0 (no detections)"]],
+    )
