@@ -51,7 +51,7 @@ COMPARE_DIR = CONFIGS_DIR / "compare"
 DEFAULT_SPEC = COMPARE_DIR / "default.yaml"
 QUICK_SPEC = COMPARE_DIR / "quick.yaml"
 
-# A run's warmup may take at most this fraction (1/N) of the budget.
+#: A run's warmup may take at most 1/WARMUP_SHARE of the budget (longer ones are shortened to that).
 WARMUP_SHARE = 4
 
 FAMILIES = ("two-stage", "one-stage", "segmentation")
