@@ -223,20 +223,28 @@ def available_presets() -> list[str]:
     return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
 
 
+def _find_yaml(name: str, spec_path: Path, library: Path, skip_spec: bool) -> Path | None:
+    """`name` relative to the spec's folder, to the working directory, or in `library`, each with
+    ".yaml" added if missing; with `skip_spec`, never the spec itself."""
+    names = [name] if name.endswith((".yaml", ".yml")) else [name, f"{name}.yaml"]
+    for folder in (spec_path.parent, Path.cwd(), library):
+        for candidate in (folder / n for n in names):
+            if candidate.is_file() and not (skip_spec and candidate.resolve() == spec_path.resolve()):
+                return candidate
+    return None
+
+
 def resolve_preset(preset: str, spec_path: Path) -> Path:
     """The preset file: `preset` relative to the spec's folder, to the working directory, or in
     `configs/`, each with ".yaml" added if missing; never the spec itself (configs/compare/
     segmentation.yaml runs the preset configs/segmentation.yaml)."""
-    names = [preset] if preset.endswith((".yaml", ".yml")) else [preset, f"{preset}.yaml"]
-    for folder in (spec_path.parent, Path.cwd(), CONFIGS_DIR):
-        for name in names:
-            candidate = folder / name
-            if candidate.is_file() and candidate.resolve() != spec_path.resolve():
-                return candidate
-    raise ConfigError(
-        f"unknown preset {preset!r}: not a file next to {spec_path}, in the working directory or in "
-        f"{CONFIGS_DIR}; presets there: {', '.join(available_presets())}"
-    )
+    found = _find_yaml(preset, spec_path, CONFIGS_DIR, skip_spec=True)
+    if found is None:
+        raise ConfigError(
+            f"unknown preset {preset!r}: not a file next to {spec_path}, in the working directory or in "
+            f"{CONFIGS_DIR}; presets there: {', '.join(available_presets())}"
+        )
+    return found
 
 
 def _baselines(value: Any, runs: tuple[RunSpec, ...], where: str) -> tuple[str, ...]:
@@ -352,16 +360,14 @@ def _included_runs(item: dict[str, Any], key: str, path: Path, chain: tuple[Path
 
 def _resolve_spec(name: str, spec_path: Path) -> Path:
     """An included spec: `name` relative to the including spec's folder, to the working directory,
-    or in configs/compare/, each with ".yaml" added if missing."""
-    names = [name] if name.endswith((".yaml", ".yml")) else [name, f"{name}.yaml"]
-    for folder in (spec_path.parent, Path.cwd(), COMPARE_DIR):
-        for candidate in (folder / n for n in names):
-            if candidate.is_file():
-                return candidate
-    raise ConfigError(
-        f"no comparison spec {name!r}: not a file next to {spec_path}, in the working directory or in "
-        f"{COMPARE_DIR}; specs there: {', '.join(sorted(p.stem for p in COMPARE_DIR.glob('*.yaml')))}"
-    )
+    or in configs/compare/, each with ".yaml" added if missing (a spec naming itself is a cycle)."""
+    found = _find_yaml(name, spec_path, COMPARE_DIR, skip_spec=False)
+    if found is None:
+        raise ConfigError(
+            f"no comparison spec {name!r}: not a file next to {spec_path}, in the working directory or "
+            f"in {COMPARE_DIR}; specs there: {', '.join(sorted(p.stem for p in COMPARE_DIR.glob('*.yaml')))}"
+        )
+    return found
 
 
 def load_spec(path: str | Path) -> CompareSpec:
