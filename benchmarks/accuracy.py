@@ -28,6 +28,7 @@ from hardmine.engine.evaluation import evaluate_model
 from hardmine.engine.inference import resolve_device
 from hardmine.engine.mining import FILE_NAME as MINED_FILE
 from hardmine.engine.proposals import load_split_proposals
+from hardmine.engine.schedule import steps_for_budget
 from hardmine.engine.training import train
 from hardmine.models.build import build_model
 
@@ -46,6 +47,8 @@ TRICKS: dict[str, list[str]] = {
     # flips and photometric distortion, no hue jitter: the built-in dataset's classes are colours
     # (docs/training-tricks.md#augmentation); no crop or zoom (the paper's two-stage recipe)
     "augmentation": ["data.augment=[hflip,color_jitter]", "data.color_jitter=[0.125,0.5,0.5,0]"],
+    # the paper's schedule: cosine from the end of warmup to 0, instead of the presets' step decay
+    "warmup + cosine": ["solver.schedule=cosine", "solver.steps=[]"],
 }
 
 #: Row name -> (preset, overrides). Every row trains on the same data with the same budget.
@@ -99,11 +102,9 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     ),
     "faster_rcnn ohem, bootstrap 1 round": ("faster_rcnn_ohem.yaml", ["mining.rounds=1"]),
     # Training tricks (docs/training-tricks.md), each alone on top of the default recipe (warmup +
-    # cosine), then all together; the step row is the schedule the paper compares cosine with.
-    "faster_rcnn step decay, no warmup": (
-        "faster_rcnn.yaml",
-        ["solver.schedule=step", "solver.warmup_iters=0", "solver.steps=[{two_thirds},{eight_ninths}]"],
-    ),
+    # one step decay at 5/6 of the budget), then all together (with cosine, as the paper).
+    "faster_rcnn + warmup + cosine": ("faster_rcnn.yaml", TRICKS["warmup + cosine"]),
+    "faster_rcnn step decay, no warmup": ("faster_rcnn.yaml", ["solver.warmup_iters=0"]),
     "faster_rcnn + mixup": ("faster_rcnn.yaml", TRICKS["mixup"]),
     "faster_rcnn + label smoothing": ("faster_rcnn.yaml", TRICKS["label smoothing"]),
     "faster_rcnn + random shapes": ("faster_rcnn.yaml", TRICKS["random shapes"]),
@@ -150,17 +151,29 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Path) -> tuple[dict[str, float]
     return metrics, time.perf_counter() - start
 
 
-def run_row(name: str, seeds: list[int], iters: int, out: Path, extra: list[str]) -> dict:
+def row_overrides(name: str, iters: int) -> list[str]:
+    """Row `name`'s overrides for a budget of `iters`, after its preset: the warmup (at most 50
+    iterations), the preset's step schedule moved with the budget, then the row's own."""
     preset, overrides = ROWS[name]
     budget = {"iters": iters, "two_thirds": 2 * iters // 3, "eight_ninths": 8 * iters // 9}
+    solver = load_config(CONFIGS / preset).solver
+    steps = steps_for_budget(solver, iters) if solver.schedule == "step" else []
+    return [
+        f"solver.warmup_iters={min(50, iters // 10)}",
+        *([f"solver.steps=[{','.join(map(str, steps))}]"] if steps else []),
+        *(o.format(**budget) for o in overrides),
+    ]
+
+
+def run_row(name: str, seeds: list[int], iters: int, out: Path, extra: list[str]) -> dict:
+    preset = ROWS[name][0]
     runs = []
     for seed in seeds:
         run_dir = out / f"{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}-seed{seed}"
         cfg = load_config(
             CONFIGS / preset,
             [
-                f"solver.warmup_iters={min(50, iters // 10)}",  # rows may override it
-                *(o.format(**budget) for o in overrides),
+                *row_overrides(name, iters),
                 *extra,
                 f"train.seed={seed}",
                 f"solver.max_iter={iters}",

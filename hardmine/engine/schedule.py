@@ -62,5 +62,11 @@ def build_scheduler(optimizer: Optimizer, solver: SolverConfig) -> LRScheduler:
     return SequentialLR(optimizer, [warm, decay], milestones=[warmup])
 
 
+def steps_for_budget(solver: SolverConfig, max_iter: int) -> list[int]:
+    """`solver.steps` moved to the same fractions of `max_iter` as they take of `solver.max_iter`,
+    so that a preset's step schedule keeps its shape under a longer or shorter budget."""
+    return [round(step * max_iter / solver.max_iter) for step in solver.steps]
+
+
 def current_lr(optimizer: Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])

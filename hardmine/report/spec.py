@@ -29,8 +29,11 @@ A run's config is its preset, then the spec's `overrides`, the run's `overrides`
 overrides, and last what the comparison fixes for every run: `solver.max_iter` (the budget),
 `train.eval_period` (budget / evaluations, when `evaluations` > 0), `train.seed`, `output_dir` and
 `train.progress=false` (the comparison draws its own progress bars); a warmup longer than a
-quarter of the budget is shortened to that quarter. Every config is built and validated when the spec is
-loaded, so a bad preset or override fails before any training, naming the spec file and the run.
+quarter of the budget is shortened to that quarter, and a step schedule's `solver.steps` move with
+the budget: they are read as written for the `solver.max_iter` of the preset (or of the overrides,
+if one sets it), so steps [333] with a preset's 400 iterations fall at 500 with a budget of 600.
+Every config is built and validated when the spec is loaded, so a bad preset or override fails
+before any training, naming the spec file and the run.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from hardmine.config import Config, load_config, read_yaml_mapping
+from hardmine.engine.schedule import steps_for_budget
 from hardmine.errors import ConfigError
 
 #: The presets folder of the repository (`configs/`), where bare preset names are looked up.
@@ -157,15 +161,21 @@ class CompareSpec:
 
     def run_overrides(self, run: RunSpec, seed: int, output_dir: Path) -> list[str]:
         """Every override of `run` with `seed` after its preset, in the order they apply."""
-        own = [*self.overrides, *run.overrides, *self.extra_overrides, f"solver.max_iter={self.budget}"]
+        written = [*self.overrides, *run.overrides, *self.extra_overrides]
+        own = [*written, f"solver.max_iter={self.budget}"]
         fixed = [f"train.seed={seed}", "train.progress=false", f"output_dir={output_dir}"]
         if self.evaluations:
             fixed.insert(0, f"train.eval_period={self.eval_period}")
         # The preset's warmup stands unless it would take more than a quarter of a short budget
         # (e.g. --quick or --budget 100): then it is shortened to that quarter.
-        warmup = self._config(run, [*own, *fixed]).solver.warmup_iters
-        if warmup > self.budget // WARMUP_SHARE:
+        solver = self._config(run, written).solver  # as written, before the budget
+        if solver.warmup_iters > self.budget // WARMUP_SHARE:
             own.append(f"solver.warmup_iters={self.budget // WARMUP_SHARE}")
+        # A step schedule's steps keep their place in training: at the same fractions of the
+        # budget as of the max_iter they were written for.
+        if solver.schedule == "step" and solver.steps and solver.max_iter != self.budget:
+            steps = steps_for_budget(solver, self.budget)
+            own.append(f"solver.steps=[{','.join(map(str, steps))}]")
         return [*own, *fixed]
 
     def run_config(self, run: RunSpec, seed: int, output_dir: Path) -> Config:

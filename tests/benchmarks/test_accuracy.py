@@ -2,23 +2,22 @@
 
 import pytest
 
-from benchmarks.accuracy import CONFIGS, ROWS, TRICKS
+from benchmarks.accuracy import CONFIGS, ROWS, TRICKS, row_overrides
 from hardmine.config import load_config
 
 
 @pytest.mark.parametrize("name", list(ROWS))
 def test_every_row_loads_and_validates(name):
-    preset, overrides = ROWS[name]
     for iters in (30, 600):
-        budget = {"iters": iters, "two_thirds": 2 * iters // 3, "eight_ninths": 8 * iters // 9}
-        load_config(CONFIGS / preset, [o.format(**budget) for o in overrides])
+        load_config(CONFIGS / ROWS[name][0], row_overrides(name, iters))
 
 
-def test_step_row_decays_at_two_thirds_and_eight_ninths_of_the_budget():
-    preset, overrides = ROWS["faster_rcnn step decay, no warmup"]
-    budget = {"iters": 900, "two_thirds": 600, "eight_ninths": 800}
-    cfg = load_config(CONFIGS / preset, [o.format(**budget) for o in overrides])
-    assert (cfg.solver.schedule, cfg.solver.warmup_iters, cfg.solver.steps) == ("step", 0, [600, 800])
+def test_the_presets_step_decay_moves_with_the_budget():
+    # faster_rcnn.yaml decays at 333 of its 400 iterations: at round(333 * 900 / 400) = 749 of 900
+    cfg = load_config(CONFIGS / "faster_rcnn.yaml", row_overrides("faster_rcnn step decay, no warmup", 900))
+    assert (cfg.solver.schedule, cfg.solver.warmup_iters, cfg.solver.steps) == ("step", 0, [749])
+    cosine = load_config(CONFIGS / "faster_rcnn.yaml", row_overrides("faster_rcnn + warmup + cosine", 900))
+    assert (cosine.solver.schedule, cosine.solver.warmup_iters, cosine.solver.steps) == ("cosine", 50, [])
 
 
 def test_the_all_tricks_preset_is_every_single_trick_together():

@@ -457,6 +457,11 @@ def test_command_line_options_replace_seeds_budget_and_data(tmp_path):
     assert cfg.solver.warmup_iters == 10  # the preset's 50 capped at a quarter of the budget
     full = load_spec(DEFAULT_SPEC).run_config(spec.runs[0], 0, tmp_path / "f")
     assert (full.solver.max_iter, full.solver.warmup_iters) == (400, 50)  # the preset's own
+    step = load_spec(DEFAULT_SPEC).with_options(
+        budget=600, overrides=["solver.schedule=step", "solver.steps=[333,444]"]
+    )
+    stepped = step.run_config(step.runs[0], 0, tmp_path / "s").solver
+    assert (stepped.max_iter, stepped.steps) == (600, [500, 666])  # written for the preset's 400
     voc = load_spec(DEFAULT_SPEC).with_options(data="VOC2007").run_config(spec.runs[0], 0, tmp_path)
     assert voc.data.train == voc.data.val == "VOC2007"
     with pytest.raises(ConfigError, match="--seeds"):
