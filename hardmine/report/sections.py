@@ -173,8 +173,8 @@ def _seed_blocks(members: list[MethodSummary], records: list[RunRecord]) -> list
     if any(run.degenerate for run in own):
         sentences.append(
             "In brackets, runs whose final detections show a detector that does not work: none "
-            "above the test score threshold (the classifier never left its prior), or one score for "
-            "every detection (its output no longer depends on the image: a collapsed head)."
+            "above the test score threshold (the classifier never left its prior), or one score per "
+            "class for every detection (its output no longer depends on the image: a collapsed head)."
         )
     return [Paragraph(" ".join(sentences)), Table(*table)]
 

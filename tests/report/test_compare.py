@@ -235,8 +235,8 @@ def test_a_run_whose_final_detections_are_degenerate_is_marked(tiny, tmp_path):
     copy = dataclasses.replace(planned, run_dir=run_dir)
     final = run_dir / "detections" / "0000003.json"
     box = {"image_id": 1, "category_id": 1, "bbox": [1.0, 2.0, 3.0, 4.0]}
-    final.write_text(json.dumps([{**box, "score": 0.25}, {**box, "score": 0.25, "category_id": 2}]))
-    assert compare_module.run_record(copy, "trained").degenerate == "collapsed: all 2 detections score 0.2500"
+    final.write_text(json.dumps([{**box, "score": 0.25}, {**box, "score": 0.2501}]))
+    assert compare_module.run_record(copy, "trained").degenerate == "collapsed: all 2 detections score 0.2500-0.2501"
     final.write_text("[]")
     assert compare_module.run_record(copy, "trained").degenerate == "no detections"
     final.unlink()  # detections not kept: nothing to say

@@ -98,19 +98,35 @@ def test_log_columns_and_mean_over_seeds(tmp_path):
     assert mean_over_seeds([(np.array([1]), np.array([5.0]))])[2] is None
 
 
-def detection(score: float) -> dict:
-    return {"image_id": 1, "category_id": 2, "bbox": [0.0, 0.0, 4.0, 4.0], "score": score}
+def detection(score: float, category_id: int = 2) -> dict:
+    return {"image_id": 1, "category_id": category_id, "bbox": [0.0, 0.0, 4.0, 4.0], "score": score}
 
 
-def test_degenerate_output_is_no_detection_or_one_score_for_all():
+def test_degenerate_output_is_no_detection_or_one_score_per_class_for_all():
     assert degenerate_output([]) == "no detections"
     assert degenerate_output([detection(0.0797082)] * 3) == "collapsed: all 3 detections score 0.0797"
     assert (
         degenerate_output([detection(0.5), detection(0.5000001)])
         == "collapsed: all 2 detections score 0.5000"
     )
+    # Within FLAT_SCORE_SPREAD (0.005) of each other: as flat as the bf16-collapsed OHEM runs.
+    assert (
+        degenerate_output([detection(0.0967), detection(0.0985), detection(0.0970)])
+        == "collapsed: all 3 detections score 0.0967-0.0985"
+    )
+    # One score per class (a constant class-score vector), two classes.
+    assert (
+        degenerate_output([detection(0.08, 1), detection(0.08, 1), detection(0.16, 2), detection(0.1601, 2)])
+        == "collapsed: all 4 detections score 0.0800-0.1601 (one score per class)"
+    )
     assert degenerate_output([detection(0.5)]) is None  # one detection is no evidence
-    assert degenerate_output([detection(0.08), detection(0.081)]) is None
+    assert degenerate_output([detection(0.3, 1), detection(0.3, 2)]) is None  # nor one per class
+    assert degenerate_output([detection(0.08), detection(0.0851)]) is None  # spread 0.0051
+    # A live but weak detector: one class flat, another not.
+    assert (
+        degenerate_output([detection(0.08, 1), detection(0.08, 1), detection(0.06, 2), detection(0.2, 2)])
+        is None
+    )
 
 
 def test_seed_rows_show_each_seed_failures_and_degenerate_runs():
