@@ -124,6 +124,7 @@ examples:
   hardmine compare --race                            # stop clearly worse methods early
   hardmine compare --quick                           # a 2-minute smoke test
   hardmine compare --seeds 3 --budget 1800 --out runs/compare/long
+  hardmine compare --seeds 3 --budget-check          # is the budget long enough? baselines at 1.5x it
   hardmine compare my_spec.yaml data.image_root=coco/images --data coco/train.json,coco/val.json
   hardmine compare --data VOC2007                    # VOC: one root, trainval to train, test to evaluate
   hardmine compare --gpus-per-run 2                  # a node of 8 GPUs: 4 runs at once, 2 GPUs (DDP) each
@@ -185,7 +186,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
         invocation += ["--slurm", item]
     if args.race:
         invocation.append("--race")
-    outcome = compare(spec, out, shlex.join([*invocation, "--out", str(out)]), launch, race=args.race)
+    if args.budget_check:
+        invocation.append("--budget-check")
+    outcome = compare(
+        spec,
+        out,
+        shlex.join([*invocation, "--out", str(out)]),
+        launch,
+        race=args.race,
+        budget_check=args.budget_check,
+    )
     print(format_outcome(outcome))
     return 1 if outcome.failed else 0
 
@@ -423,6 +433,12 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="successive halving: stop methods clearly worse than their family's leader at budget/4, "
         "budget/2, ... (needs `evaluations` in the spec); the others resume to the budget",
+    )
+    p.add_argument(
+        "--budget-check",
+        action="store_true",
+        help="also train each family's baseline for 1.5x the budget (same seeds) and report whether it "
+        "still gains there: if so, the verdicts rank early training, not where the methods end",
     )
     where = p.add_argument_group("where the runs train (docs/compare.md)")
     where.add_argument(

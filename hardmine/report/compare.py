@@ -38,6 +38,7 @@ from hardmine.config import SEGMENTATION_ARCHS, dump_yaml
 from hardmine.engine.checkpoint import FINAL
 from hardmine.engine.evaluation import detections_file
 from hardmine.errors import TrainingInterrupted
+from hardmine.report.budget_check import BudgetCheck, budget_checks, check_spec
 from hardmine.report.document import write_report
 from hardmine.report.figures import make_figures
 from hardmine.report.hard_examples import Example, render_example
@@ -317,10 +318,13 @@ class CompareOutcome:
     race: RaceSummary | None
     report_md: Path
     report_html: Path
+    #: `--budget-check`: each family's baseline at the budget and at 1.5x it, and the check runs.
+    checks: list[BudgetCheck] = field(default_factory=list)
+    check_records: list[RunRecord] = field(default_factory=list)
 
     @property
     def failed(self) -> list[RunRecord]:
-        return [r for r in self.records if r.status == FAILED]
+        return [r for r in [*self.records, *self.check_records] if r.status == FAILED]
 
 
 def _race(
@@ -363,24 +367,28 @@ def compare(
     invocation: str,
     launch: LaunchOptions | None = None,
     race: bool = False,
+    budget_check: bool = False,
 ) -> CompareOutcome:
     """Train every run of `spec` that has not finished in `out` (where `launch` says), racing them
-    if `race`, then write the report and the results files there. `invocation`: the command line,
-    shown in the report to redo it. Every option is checked before any training."""
+    if `race`, and with `budget_check` each family's baseline at 1.5x the budget too
+    (`budget_check`), then write the report and the results files there. `invocation`: the
+    command line, shown in the report to redo it. Every option is checked before any training."""
     planned = plan_runs(spec, out)
-    launcher = make_launcher(launch or LaunchOptions(), [p.cfg for p in planned], out)
+    checks = plan_runs(check_spec(spec), out) if budget_check else []
+    launcher = make_launcher(launch or LaunchOptions(), [p.cfg for p in [*planned, *checks]], out)
     if race:
         race_rungs(spec.budget, spec.eval_period)  # its errors before any training too
     out.mkdir(parents=True, exist_ok=True)
     progress = Progress()
     scorer = Scorer()
     status: dict[Path, str] = {}
-    before = {p.run_dir for p in planned if p.finished()}
+    before = {p.run_dir for p in [*planned, *checks] if p.finished()}
     progress.say(f"runs: {launcher.describe()}")
     try:
         alive, rungs, eliminations = list(planned), [], []
         if race:
             alive, rungs, eliminations = _race(spec, planned, launcher, progress, scorer, status)
+        alive += checks  # the check runs train with the last of the comparison's (not raced)
         todo = [p for p in alive if not p.finished()]
         for p in alive:
             if p.finished() and p.run_dir in before:
@@ -392,8 +400,12 @@ def compare(
         if race:
             race_summary = RaceSummary(rungs, eliminations, _race_cost(planned, status, eliminations))
         records = [run_record(p, status[p.run_dir], race_summary) for p in planned]
+        check_records = [run_record(p, status[p.run_dir]) for p in checks]
         summaries = summarize(records)
-        verdicts = _verdicts(spec, [p for p in planned if status[p.run_dir] in (TRAINED, SKIPPED)], scorer)
+        finished = [p for p in planned if status[p.run_dir] in (TRAINED, SKIPPED)]
+        verdicts = _verdicts(spec, finished, scorer)
+        checked = [p for p in checks if status[p.run_dir] in (TRAINED, SKIPPED)]
+        budget = budget_checks(spec, finished, checked, scorer) if checks else []
         progress.say("writing the report: plots, gallery, tables")
         inputs = ReportInputs(
             spec=spec,
@@ -408,13 +420,15 @@ def compare(
                 str(p.run_dir): (p.run_dir / "config.yaml").read_text()
                 if (p.run_dir / "config.yaml").is_file()
                 else dump_yaml(p.cfg)
-                for p in planned
+                for p in [*planned, *checks]
             },
             invocation=invocation,
             launcher=launcher.describe(),
             machine=machine_description(),
             versions=library_versions(),
             generated=dt.datetime.now().astimezone().isoformat(timespec="minutes"),
+            checks=budget,
+            check_records=check_records,
         )
     finally:
         progress.close()
@@ -423,8 +437,13 @@ def compare(
     extra = {"verdicts": [asdict(v) for v in verdicts]}
     if race_summary is not None:
         extra["race"] = {**asdict(race_summary), "saved_share": race_summary.cost.saved_share}
+    if checks:
+        extra["budget_check"] = {
+            "families": [{**asdict(c), "reading": c.reading} for c in budget],
+            "runs": [asdict(r) for r in check_records],
+        }
     write_results_json(out / "results.json", records, summaries, about(inputs), extra)
-    return CompareOutcome(out, records, summaries, verdicts, race_summary, md, page)
+    return CompareOutcome(out, records, summaries, verdicts, race_summary, md, page, budget, check_records)
 
 
 def _verdicts(spec: CompareSpec, finished: list[PlannedRun], scorer: Scorer) -> list[FamilyVerdicts]:
@@ -534,6 +553,7 @@ def format_outcome(outcome: CompareOutcome) -> str:
         for e in outcome.race.eliminations:
             lines.append(f"race: stopped at iteration {e.rung}: {e.against_leader.sentence()}")
         lines.append(f"race: {outcome.race.cost.describe()}")
+    lines += [f"budget check, {c.sentence()}" for c in outcome.checks]
     for run in outcome.failed:
         lines.append(f"FAILED: {run.name} (seed {run.seed}), see {run.run_dir}/train.log")
     lines.append(f"report: {outcome.report_html} (also {outcome.report_md.name}, results.csv, results.json)")

@@ -9,9 +9,10 @@ its full config, the library versions).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hardmine.config import Config
+from hardmine.report.budget_check import FACTOR, BudgetCheck
 from hardmine.report.document import (
     Block,
     BulletList,
@@ -66,6 +67,9 @@ class ReportInputs:
     machine: str
     versions: dict[str, str]
     generated: str
+    #: `--budget-check`: each family's baseline at the budget and at 1.5x it, and the check runs.
+    checks: list[BudgetCheck] = field(default_factory=list)
+    check_records: list[RunRecord] = field(default_factory=list)
 
 
 def data_name(cfg: Config) -> str:
@@ -143,7 +147,7 @@ def _results(r: ReportInputs) -> list[Block]:
         blocks.append(Table(header, rows))
         blocks.extend(_seed_blocks(members, r.records))
         blocks.extend(_verdict_blocks(verdicts.get(family), members, r))
-    failed = [run for run in r.records if run.status == FAILED]
+    failed = [run for run in [*r.records, *r.check_records] if run.status == FAILED]
     if failed:
         blocks.append(Heading("Failed runs"))
         for run in failed:
@@ -279,6 +283,55 @@ def _race(r: ReportInputs) -> list[Block]:
     return blocks
 
 
+def _budget_check(r: ReportInputs) -> list[Block]:
+    """Each family's baseline at the budget and at 1.5x it (`--budget-check`)."""
+    if not r.checks:
+        return []
+    longer = r.checks[0].longer
+    metric = next((c.difference.metric for c in r.checks if c.difference), "AP")
+    rows = [
+        [
+            c.family,
+            c.baseline,
+            _estimate_cell(c.at_budget),
+            _estimate_cell(c.at_longer),
+            f"{100 * c.difference.difference:+.1f} ({c.difference.interval.format(signed=True)})"
+            if c.difference
+            else "–",
+            c.reading,
+        ]
+        for c in r.checks
+    ]
+    return [
+        Heading("Budget check"),
+        Paragraph(
+            f"Is {r.spec.budget} iterations where the models stop improving? Each family's baseline "
+            f"trained again with the same seeds for {longer} iterations ({FACTOR:g}x the budget; a step "
+            f"schedule's steps at the same fractions of it), and its {metric} there minus its {metric} at "
+            f"the budget, paired by seed and validation image, with the {CONFIDENCE:.0%} interval of the "
+            "verdicts. A baseline that still gains clearly says the verdicts above rank the methods early "
+            "in training, not where they end. In brackets: the t interval over seeds (two or more)."
+        ),
+        Table(
+            [
+                "family",
+                "baseline",
+                f"{metric} at {r.spec.budget}",
+                f"{metric} at {longer}",
+                f"difference ({CONFIDENCE:.0%} CI)",
+                "reading",
+            ],
+            rows,
+        ),
+    ]
+
+
+def _estimate_cell(e: MethodEstimate | None) -> str:
+    if e is None:
+        return "–"
+    return f"{100 * e.mean:.1f}" + (f" ({_ci(e.seed_interval)})" if e.seed_interval is not None else "")
+
+
 def _figures(r: ReportInputs) -> list[Block]:
     if not r.figures:
         return [Heading("Plots"), Paragraph("No run finished, so there is nothing to plot.")]
@@ -328,7 +381,7 @@ def _reproduce(r: ReportInputs) -> list[Block]:
         blocks.append(
             Paragraph("Some runs were trained earlier with other versions; each run lists its own.")
         )
-    for run in r.records:
+    for run in [*r.records, *r.check_records]:
         inner: list[Block] = [Code(run.command, "bash")]
         if run.versions and run.versions != r.versions:
             inner.append(Paragraph(f"Trained with {_version_text(run.versions)}."))
@@ -344,7 +397,8 @@ def _files(r: ReportInputs) -> list[Block]:
             [
                 "`results.csv`: one row per run (metrics, costs, status, folder, command).",
                 "`results.json`: the same runs, the per-method mean / std / number of seeds, the verdicts "
-                "with their intervals, the race (if any) and this setup.",
+                "with their intervals, the race (if any), the budget check (if any: its baselines and "
+                "their runs) and this setup.",
                 "`runs/METHOD-seedN/`: each run's `config.yaml`, `log.csv` (losses and per-head sampling "
                 "diagnostics), `metrics.json`, `pr50.json`, `eval_history.json`, `detections/` (the "
                 "detections of each evaluation), checkpoints, `train.log` and `run.json`.",
@@ -355,7 +409,16 @@ def _files(r: ReportInputs) -> list[Block]:
 
 def build_sections(r: ReportInputs) -> list[Block]:
     """The report's blocks, in order (the title is the spec's)."""
-    return [*_setup(r), *_results(r), *_race(r), *_figures(r), *_gallery(r), *_reproduce(r), *_files(r)]
+    return [
+        *_setup(r),
+        *_results(r),
+        *_race(r),
+        *_budget_check(r),
+        *_figures(r),
+        *_gallery(r),
+        *_reproduce(r),
+        *_files(r),
+    ]
 
 
 def about(r: ReportInputs) -> dict[str, object]:

@@ -91,11 +91,12 @@ TINY_RUNS = [
 
 @pytest.fixture(scope="module")
 def tiny(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The tiny comparison, run once for the module's tests: its spec, output folder, exit status."""
+    """The tiny comparison, run once for the module's tests (with the budget check: each family's
+    baseline at 5 iterations too): its spec, output folder, exit status."""
     root = tmp_path_factory.mktemp("compare")
     spec = write_spec(root / "spec.yaml", synth_dir, TINY_RUNS)
     out = root / "out"
-    status = main(["compare", str(spec), "--out", str(out), "--jobs", "2"])
+    status = main(["compare", str(spec), "--out", str(out), "--jobs", "2", "--budget-check"])
     return {"spec": spec, "out": out, "status": status}
 
 
@@ -148,6 +149,49 @@ def test_report_has_every_section_and_the_results_files(tiny):
         or results["verdicts"][0]["baseline"] == "random sampling"
     )
     assert "runs: 2 runs at once, each on" in md
+
+
+def test_the_budget_check_trains_each_baseline_at_1_5x_and_reports_the_gain(tiny):
+    out = tiny["out"]
+    for slug in ("random-sampling-5-iterations-seed0", "focal-loss-5-iterations-seed0"):
+        metrics = json.loads((out / "runs" / slug / "metrics.json").read_text())
+        assert metrics["iterations"] == 5  # ceil(1.5 x 3)
+    md = (out / "report.md").read_text()
+    section = md.split("## Budget check", 1)[1].split("\n## ", 1)[0]
+    assert "| family | baseline | AP at 3 | AP at 5 | difference (95% CI) | reading |" in section
+    rows = [
+        line
+        for line in section.splitlines()
+        if line.startswith("| two-stage") or line.startswith("| one-stage")
+    ]
+    assert [row.split(" | ")[:2] for row in rows] == [
+        ["| two-stage", "random sampling"],
+        ["| one-stage", "focal loss"],
+    ]
+    results = json.loads((out / "results.json").read_text())
+    check = results["budget_check"]
+    assert [(f["family"], f["baseline"], f["budget"], f["longer"]) for f in check["families"]] == [
+        ("two-stage", "random sampling", 3, 5),
+        ("one-stage", "focal loss", 3, 5),
+    ]
+    for family in check["families"]:
+        difference = family["difference"]
+        # longer minus budget, the same number as the two estimates' difference (one seed)
+        assert difference["difference"] == pytest.approx(
+            family["at_longer"]["mean"] - family["at_budget"]["mean"]
+        )
+        assert family["reading"] in row_readings(rows)
+    assert [(r["name"], r["status"]) for r in check["runs"]] == [
+        ("random sampling, 5 iterations", "trained"),
+        ("focal loss, 5 iterations", "trained"),
+    ]
+    # the check runs can be reproduced like the others, and stay out of the results tables
+    assert "random sampling, 5 iterations, seed 0: command and config (trained)" in md
+    assert "| random sampling, 5 iterations |" not in md.split("## Budget check", 1)[0]
+
+
+def row_readings(rows: list[str]) -> list[str]:
+    return [row.rstrip(" |").rsplit(" | ", 1)[1] for row in rows]
 
 
 def test_a_failed_run_is_reported_and_does_not_stop_the_others(tiny):
@@ -210,7 +254,7 @@ def test_html_embeds_its_images_and_renders_in_headless_chromium(tiny, tmp_path)
 
 def test_rerun_skips_finished_runs(tiny, monkeypatch, capsys):
     metrics = {p: p.stat().st_mtime_ns for p in (tiny["out"] / "runs").glob("*/metrics.json")}
-    assert len(metrics) == 2
+    assert len(metrics) == 4  # two runs and their budget checks
     launched = []
     real_popen = subprocess.Popen
 
@@ -236,7 +280,10 @@ def test_a_run_whose_final_detections_are_degenerate_is_marked(tiny, tmp_path):
     final = run_dir / "detections" / "0000003.json"
     box = {"image_id": 1, "category_id": 1, "bbox": [1.0, 2.0, 3.0, 4.0]}
     final.write_text(json.dumps([{**box, "score": 0.25}, {**box, "score": 0.2501}]))
-    assert compare_module.run_record(copy, "trained").degenerate == "collapsed: all 2 detections score 0.2500-0.2501"
+    assert (
+        compare_module.run_record(copy, "trained").degenerate
+        == "collapsed: all 2 detections score 0.2500-0.2501"
+    )
     final.write_text("[]")
     assert compare_module.run_record(copy, "trained").degenerate == "no detections"
     final.unlink()  # detections not kept: nothing to say
