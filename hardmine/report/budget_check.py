@@ -40,6 +40,11 @@ def check_budget(budget: int) -> int:
     return math.ceil(FACTOR * budget)
 
 
+def check_name(baseline: str, longer: int) -> str:
+    """The check run of `baseline` at `longer` iterations, as the report names it."""
+    return f"{baseline}, {longer} iterations"
+
+
 def check_spec(spec: CompareSpec) -> CompareSpec:
     """`spec` reduced to each family's baseline, renamed "NAME, N iterations", at `check_budget`."""
     longer = check_budget(spec.budget)
@@ -47,7 +52,7 @@ def check_spec(spec: CompareSpec) -> CompareSpec:
     runs = []
     for family in dict.fromkeys(run.family for run in spec.runs):
         baseline = next(run for run in spec.runs if run.name == spec.baseline_of(family))
-        name = f"{baseline.name}, {longer} iterations"
+        name = check_name(baseline.name, longer)
         if name in names:
             raise ConfigError(
                 f"{spec.source}: --budget-check names its run {name!r}, which the spec already uses"
@@ -111,7 +116,7 @@ def budget_checks(
         if not any(p.run.family == family for p in checks):
             continue
         methods = {m.name: m for m in families.get(family, [])}
-        short, long = methods.get(baseline), methods.get(f"{baseline}, {longer} iterations")
+        short, long = methods.get(baseline), methods.get(check_name(baseline, longer))
         found.append(
             BudgetCheck(
                 family,

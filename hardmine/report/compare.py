@@ -371,7 +371,7 @@ def compare(
 ) -> CompareOutcome:
     """Train every run of `spec` that has not finished in `out` (where `launch` says), racing them
     if `race`, and with `budget_check` each family's baseline at 1.5x the budget too
-    (`budget_check`), then write the report and the results files there. `invocation`: the
+    (`budget_check.check_spec`), then write the report and the results files there. `invocation`: the
     command line, shown in the report to redo it. Every option is checked before any training."""
     planned = plan_runs(spec, out)
     checks = plan_runs(check_spec(spec), out) if budget_check else []
